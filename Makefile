@@ -1,0 +1,31 @@
+# survey-kit: every target works on a fresh machine with only python3 and make.
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+
+.PHONY: install test up down status lab
+
+install: $(STAMP)
+
+# Re-installs only when the project's declared dependencies change.
+$(STAMP): pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -e '.[test]'
+	touch $(STAMP)
+
+test: install
+	$(BIN)/python -m pytest
+
+up: install
+	$(BIN)/survey-kit up
+
+down: install
+	$(BIN)/survey-kit down
+
+status: install
+	$(BIN)/survey-kit status
+
+lab: up
+	$(BIN)/jupyter lab --notebook-dir=notebooks --ip=127.0.0.1
