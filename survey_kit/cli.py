@@ -1,0 +1,154 @@
+"""The ``survey-kit`` command.
+
+    survey-kit up | down | status [--json]      the embedded stack
+    survey-kit topics create                    the survey topics
+    survey-kit survey create | list | disable   surveys on survey-questions
+
+``--config PATH`` (or $SURVEY_KIT_CONFIG, or ./survey-kit.yaml) points every command at real
+infrastructure instead of the embedded stack.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Sequence
+
+from confluent_kafka import KafkaException
+
+from . import stack as embedded
+from .cluster import connect
+from .config import ConfigError, load_settings
+from .stack.services import SERVICES
+from .surveys import Survey, SurveyError, create_survey, disable_survey, list_surveys
+from .topics import create_topics
+
+# Errors whose message is the whole story for a user: printed without a traceback.
+USER_ERRORS = (ConfigError, embedded.StackError, SurveyError, ConnectionError, TimeoutError, LookupError)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not hasattr(args, "run"):
+        parser.print_help()
+        return 2
+    try:
+        return args.run(args) or 0
+    except USER_ERRORS as exc:
+        print(f"survey-kit: error: {exc}", file=sys.stderr)
+        return 1
+    except KafkaException as exc:
+        print(f"survey-kit: Kafka error: {exc.args[0].str()}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 130
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="survey-kit", description="Real-time survey analysis on Apache Kafka.")
+    parser.add_argument("--config", metavar="PATH", help="settings file (default: ./survey-kit.yaml if present)")
+    commands = parser.add_subparsers(title="commands", metavar="COMMAND")
+
+    up = commands.add_parser("up", help="start the embedded stack on 127.0.0.1")
+    for service in SERVICES.values():
+        up.add_argument(service.port_option, type=int, metavar="PORT", dest=f"{service.name}_port",
+                        help=f"port of the {service.title} (default {service.default_port})")
+    up.set_defaults(run=_up)
+
+    down = commands.add_parser("down", help="stop the embedded stack started by `up`")
+    down.set_defaults(run=_down)
+
+    status = commands.add_parser("status", help="what the embedded stack runs and whether it answers")
+    status.add_argument("--json", action="store_true", help="print JSON with each service's address")
+    status.set_defaults(run=_status)
+
+    topics = commands.add_parser("topics", help="the survey topics").add_subparsers(metavar="ACTION")
+    topics.add_parser("create", help="create the survey topics (idempotent)").set_defaults(run=_topics_create)
+
+    survey = commands.add_parser("survey", help="define surveys").add_subparsers(metavar="ACTION")
+    create = survey.add_parser("create", help="publish a survey on survey-questions")
+    create.add_argument("--id", required=True, dest="survey_id")
+    create.add_argument("--question", required=True)
+    create.add_argument("--summary", required=True)
+    create.add_argument("--option", action="append", default=[], dest="options", help="an answer; repeat")
+    create.add_argument("--disabled", action="store_true", help="publish it without offering it yet")
+    create.set_defaults(run=_survey_create)
+    survey.add_parser("list", help="list the surveys").set_defaults(run=_survey_list)
+    disable = survey.add_parser("disable", help="stop offering a survey")
+    disable.add_argument("survey_id", metavar="ID")
+    disable.set_defaults(run=_survey_disable)
+    return parser
+
+
+def _up(args) -> int:
+    ports = {name: getattr(args, f"{name}_port") for name in SERVICES}
+    stack, started = embedded.up(ports)
+    print("embedded stack started" if started else "embedded stack already running")
+    for key, address in stack.addresses.items():
+        print(f"  {key:<22} {address}")
+    print(f"  {'data_dir':<22} {stack.data_dir}")
+    return 0
+
+
+def _down(args) -> int:
+    stack = embedded.down()
+    print("embedded stack stopped" if stack else "no embedded stack was running")
+    return 0
+
+
+def _status(args) -> int:
+    stack = embedded.running_stack()
+    if stack is None:
+        if args.json:
+            print(json.dumps({"running": False}))
+        else:
+            print("no embedded stack is running (start it with `survey-kit up`)")
+        return 1
+    services = stack.status()
+    if args.json:
+        print(json.dumps({"running": True, **stack.addresses, "data_dir": str(stack.data_dir), "services": services}, indent=2))
+    else:
+        for name, info in services.items():
+            state = "answers" if info["answers"] else ("runs, not answering" if info["running"] else "stopped")
+            print(f"{info['title']:<24} {info['address']:<26} pid {info['pid']}  {state}")
+    return 0 if all(info["answers"] for info in services.values()) else 1
+
+
+def _cluster(args):
+    return connect(load_settings(args.config))
+
+
+def _topics_create(args) -> int:
+    for report in create_topics(_cluster(args)):
+        note = f"  ({report.note})" if report.note else ""
+        print(f"{report.status:<8} {report.name} ({report.partitions} partitions){note}")
+    return 0
+
+
+def _survey_create(args) -> int:
+    survey = Survey(args.survey_id, args.question, args.summary, args.options, enabled=not args.disabled)
+    create_survey(_cluster(args), survey)
+    print(f"survey {survey.survey_id} published ({'enabled' if survey.enabled else 'disabled'})")
+    return 0
+
+
+def _survey_list(args) -> int:
+    surveys = list_surveys(_cluster(args))
+    if not surveys:
+        print("no surveys yet: create one with `survey-kit survey create`")
+    for survey in surveys:
+        state = "enabled" if survey.enabled else "disabled"
+        print(f"{survey.survey_id:<10} {state:<9} {survey.question}  [{' | '.join(survey.options)}]")
+    return 0
+
+
+def _survey_disable(args) -> int:
+    disable_survey(_cluster(args), args.survey_id)
+    print(f"survey {args.survey_id} disabled")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
