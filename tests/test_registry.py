@@ -19,6 +19,9 @@ import pytest
 from confluent_kafka.schema_registry import Schema, SchemaRegistryClient, SchemaRegistryError
 from confluent_kafka.schema_registry.avro import AvroDeserializer, AvroSerializer
 from confluent_kafka.serialization import MessageField, SerializationContext
+from starlette.testclient import TestClient
+
+from survey_kit.registry import create_app
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
@@ -192,6 +195,16 @@ def test_lookup_finds_the_version_holding_a_schema(registry, client):
         assert (no_subject.http_status_code, no_subject.error_code) == (404, 40401)
 
 
+def test_normalize_ignores_key_order(registry, client):
+    reordered = {key: SURVEY_ENTRY[key] for key in reversed(list(SURVEY_ENTRY))}
+    schema_id = client.register_schema("s-value", avro(SURVEY_ENTRY), normalize_schemas=True)
+
+    with fresh_client(registry) as other:
+        assert other.register_schema("s-value", avro(reordered), normalize_schemas=True) == schema_id
+        assert other.lookup_schema("s-value", avro(reordered), normalize_schemas=True).schema_id == schema_id
+    assert client.get_versions("s-value") == [1]
+
+
 def test_schema_by_id_with_its_subjects_and_versions(registry, client):
     schema_id = client.register_schema("a-value", avro(SURVEY_ENTRY))
     client.register_schema("b-value", avro(SURVEY_ENTRY))
@@ -238,6 +251,7 @@ def test_delete_subject_soft_then_permanent(registry, client):
     # Records already written with a soft-deleted schema stay readable.
     with fresh_client(registry) as other:
         assert json.loads(other.get_schema(schema_id).schema_str) == SURVEY_ENTRY
+        assert other.lookup_schema("survey-entries-value", avro(SURVEY_ENTRY), deleted=True).version == 1
 
     assert client.delete_subject("survey-entries-value", permanent=True) == [1, 2]
     assert client.get_subjects(deleted=True) == []
@@ -395,6 +409,15 @@ def test_errors_use_confluent_json_shape(registry):
     assert no_route.status_code == 404 and set(no_route.json()) == {"error_code", "message"}
     bad_body = httpx.post(registry.url + "/subjects/s-value/versions", content=b"{oops")
     assert bad_body.status_code == 400 and "not valid JSON" in bad_body.json()["message"]
+
+
+def test_create_app_serves_in_process(tmp_path):
+    with TestClient(create_app(tmp_path / "registry.sqlite")) as http:
+        registered = http.post("/subjects/s-value/versions", json={"schema": json.dumps(SURVEY_ENTRY)})
+        assert registered.status_code == 200
+        assert registered.json()["id"] == 1 and registered.json()["version"] == 1
+        assert http.get("/subjects").json() == ["s-value"]
+        assert http.get("/schemas/ids/1/schema").json() == SURVEY_ENTRY
 
 
 # --- the process --------------------------------------------------------------------------------

@@ -32,7 +32,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 
 from . import compatibility
 from .compatibility import InvalidSchema
-from .store import Store, SubjectVersion
+from .store import Store, StoredSchema, SubjectVersion
 
 MEDIA_TYPE = "application/vnd.schemaregistry.v1+json"
 SCHEMA_TYPES = ["AVRO"]
@@ -147,6 +147,13 @@ def _version_json(found: SubjectVersion) -> dict:
     return shape
 
 
+def _stored_schema_json(found: StoredSchema) -> dict:
+    shape = {"schema": found.schema, "guid": found.guid}
+    if found.schema_type != "AVRO":
+        shape["schemaType"] = found.schema_type
+    return shape
+
+
 def _resolve(store: Store, subject: str, version: int | None, include_deleted: bool = False) -> SubjectVersion:
     """The given version (None: the latest) of a subject, or the Confluent not-found error."""
     versions = store.versions(subject, include_deleted)
@@ -182,13 +189,6 @@ async def root(request: Request) -> Response:
 
 async def schema_types(request: Request) -> Response:
     return _json(SCHEMA_TYPES)
-
-
-def _stored_schema_json(found) -> dict:
-    shape = {"schema": found.schema, "guid": found.guid}
-    if found.schema_type != "AVRO":
-        shape["schemaType"] = found.schema_type
-    return shape
 
 
 async def schema_by_id(request: Request) -> Response:

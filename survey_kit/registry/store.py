@@ -115,12 +115,6 @@ class Store:
         with self._transaction() as db:
             return self._versions(db, subject, include_deleted)
 
-    def version(self, subject: str, version: int, include_deleted: bool = False) -> SubjectVersion | None:
-        for found in self.versions(subject, include_deleted):
-            if found.version == version:
-                return found
-        return None
-
     def find_in_subject(self, subject: str, schema_type: str, schema: str, include_deleted: bool = False
                         ) -> SubjectVersion | None:
         """The (newest) version of `subject` holding exactly this schema text."""
