@@ -393,6 +393,11 @@ def test_errors_use_confluent_json_shape(registry):
     assert invalid.status_code == 422 and invalid.json()["error_code"] == 42201
     assert "fields" in invalid.json()["message"]
 
+    bad_default = post("/subjects/s-value/versions",
+                       {"schema": json.dumps(with_field({"name": "score", "type": "int", "default": "many"}))})
+    assert (bad_default.status_code, bad_default.json()["error_code"]) == (422, 42201)
+    assert "Default value <many>" in bad_default.json()["message"]
+
     not_json = post("/subjects/s-value/versions", {"schema": "{not json"})
     assert (not_json.status_code, not_json.json()["error_code"]) == (422, 42201)
 

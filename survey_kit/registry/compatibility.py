@@ -11,6 +11,8 @@ import json
 
 import avro.errors
 import avro.schema
+import fastavro
+import fastavro.schema
 from avro.compatibility import (
     ReaderWriterCompatibilityChecker,
     SchemaCompatibilityType,
@@ -27,15 +29,22 @@ class InvalidSchema(ValueError):
 
 
 def parse(schema_text: str) -> avro.schema.Schema:
-    """Parse Avro schema JSON text, raising InvalidSchema with the parser's reason."""
+    """Parse Avro schema JSON text, raising InvalidSchema with the parser's reason.
+
+    fastavro, which confluent-kafka's serializers use, must accept it too: it also checks that
+    field defaults match their types, which the `avro` parser lets through.
+    """
     try:
-        json.loads(schema_text)
+        schema_json = json.loads(schema_text)
     except (TypeError, json.JSONDecodeError) as error:
         raise InvalidSchema(f"Invalid schema: not JSON ({error})") from None
     try:
-        return avro.schema.parse(schema_text)
-    except (avro.errors.AvroException, ValueError, TypeError, KeyError) as error:
+        parsed = avro.schema.parse(schema_text)
+        fastavro.parse_schema(schema_json)
+    except (avro.errors.AvroException, fastavro.schema.SchemaParseException, ValueError, TypeError,
+            KeyError) as error:
         raise InvalidSchema(f"Invalid schema: {error}") from None
+    return parsed
 
 
 def canonical_text(schema_text: str, normalize: bool = False) -> str:
