@@ -1,0 +1,42 @@
+"""Shared fixtures: one embedded stack per test session, fresh topic names per test.
+
+Every test gets its own topic names (a unique prefix), so tests sharing the session's stack never
+see each other's records, and two test runs never share a stack at all.
+"""
+
+from __future__ import annotations
+
+import uuid
+from pathlib import Path
+
+import pytest
+
+from survey_kit.cluster import from_stack
+from survey_kit.config import Settings, TopicSettings
+from survey_kit.stack import EmbeddedStack
+from survey_kit.topics import create_topics
+
+REPO = Path(__file__).resolve().parent.parent
+SHARED = REPO.parent / "shared"
+
+
+@pytest.fixture(scope="session")
+def stack(tmp_path_factory):
+    """The embedded broker and Schema Registry, on free ports, for the whole test session."""
+    with EmbeddedStack(data_dir=tmp_path_factory.mktemp("stack"), services=("broker", "registry")) as running:
+        yield running
+
+
+def unique_settings(**overrides) -> Settings:
+    """Settings whose topic names no other test uses."""
+    prefix = f"t{uuid.uuid4().hex[:8]}"
+    names = {field: f"{prefix}-{default}" for field, default in TopicSettings().model_dump().items()}
+    return Settings(topics=TopicSettings(**names), **overrides)
+
+
+@pytest.fixture
+def cluster(stack):
+    """A Cluster on the session's stack with this test's own topics, already created."""
+    connected = from_stack(stack, unique_settings())
+    create_topics(connected)
+    return connected
