@@ -498,3 +498,13 @@ def test_malformed_basic_auth_is_refused_without_echoing_it(tmp_path):
 
     assert result.returncode == 2
     assert "USER:PASSWORD" in result.stderr and "just-a-secret" not in result.stderr
+
+
+def test_unreadable_database_file_is_a_clear_error(tmp_path):
+    (tmp_path / "d").mkdir()
+    (tmp_path / "d" / "schema-registry.sqlite").write_text("these are not the schemas you are looking for\n" * 20)
+
+    result = run_registry_cli("--port", "0", tmp_path=tmp_path)
+
+    assert result.returncode == 2
+    assert "schema-registry.sqlite" in result.stderr and "not a database" in result.stderr

@@ -15,6 +15,7 @@ import errno
 import ipaddress
 import os
 import socket
+import sqlite3
 import sys
 from pathlib import Path
 
@@ -94,6 +95,13 @@ def main(argv: list[str] | None = None) -> int:
     except OSError as error:
         parser.error(f"cannot use --data-dir {args.data_dir}: {error.strerror}")
 
+    db_path = args.data_dir / DB_FILENAME
+    try:
+        app = create_app(db_path, basic_auth)
+    except sqlite3.Error as error:
+        print(f"schema registry: cannot use {db_path}: {error}", file=sys.stderr)
+        return 2
+
     try:
         sock = _bind(args.host, args.port)
     except OSError as error:
@@ -104,12 +112,11 @@ def main(argv: list[str] | None = None) -> int:
             print(f"schema registry: cannot listen on {args.host}:{args.port}: {error.strerror}", file=sys.stderr)
         return 2
 
-    db_path = args.data_dir / DB_FILENAME
     port = sock.getsockname()[1]
     url_host = f"[{args.host}]" if ":" in args.host else args.host
     ready_line = (f"schema registry ready at http://{url_host}:{port} (schemas in {db_path}"
                   f"{', basic auth required' if basic_auth else ''})")
-    config = uvicorn.Config(create_app(db_path, basic_auth), log_level="warning", access_log=False,
+    config = uvicorn.Config(app, log_level="warning", access_log=False,
                             lifespan="on")
     _Server(config, ready_line).run(sockets=[sock])
     return 0

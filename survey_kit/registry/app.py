@@ -139,19 +139,17 @@ async def _schema_from_body(request: Request) -> tuple[str, Any]:
     return compatibility.canonical_text(text, normalize=_flag(request, "normalize")), parsed
 
 
+# Like Confluent, answers leave out "schemaType" for AVRO, the type clients assume by default,
+# and the only one this registry stores.
+
+
 def _version_json(found: SubjectVersion) -> dict:
-    shape = {"subject": found.subject, "version": found.version, "id": found.schema_id, "guid": found.guid,
-             "schema": found.schema}
-    if found.schema_type != "AVRO":  # Confluent leaves out the default type
-        shape["schemaType"] = found.schema_type
-    return shape
+    return {"subject": found.subject, "version": found.version, "id": found.schema_id, "guid": found.guid,
+            "schema": found.schema}
 
 
 def _stored_schema_json(found: StoredSchema) -> dict:
-    shape = {"schema": found.schema, "guid": found.guid}
-    if found.schema_type != "AVRO":
-        shape["schemaType"] = found.schema_type
-    return shape
+    return {"schema": found.schema, "guid": found.guid}
 
 
 def _resolve(store: Store, subject: str, version: int | None, include_deleted: bool = False) -> SubjectVersion:
