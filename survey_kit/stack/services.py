@@ -95,4 +95,14 @@ REGISTRY = Service(
     answers=http_answers,
 )
 
-SERVICES: dict[str, Service] = {service.name: service for service in (BROKER, REGISTRY)}
+TELEGRAM = Service(
+    name="telegram",
+    title="fake Telegram Bot API",
+    default_port=8089,
+    address_key="telegram_api_url",
+    scheme="http://",
+    command=_python_module("survey_kit.faketelegram"),
+    answers=http_answers,
+)
+
+SERVICES: dict[str, Service] = {service.name: service for service in (BROKER, REGISTRY, TELEGRAM)}
