@@ -1,0 +1,516 @@
+"""Wire formats: how rows become Kafka key and value bytes, and back (ksqlDB-compatible).
+
+Value formats JSON, AVRO (Confluent wire format through a schema store),
+KAFKA (one primitive column) and DELIMITED; key formats KAFKA, JSON and
+DELIMITED, optionally time-windowed (key bytes + 8-byte big-endian window start,
+as Kafka Streams writes a time-windowed key).
+
+A schema store is injected, so this module does no I/O itself: use
+`InMemorySchemaStore` in tests and `RegistrySchemaStore` around a
+confluent-kafka `SchemaRegistryClient` at runtime.
+"""
+
+from __future__ import annotations
+
+import csv
+import decimal
+import io
+import json
+import struct
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+import fastavro
+
+from .types import KsqlError, SqlType, coerce
+
+AVRO_NAMESPACE = "io.confluent.ksql.avro_schemas"
+AVRO_RECORD_NAME = "KsqlDataSourceSchema"
+
+VALUE_FORMATS = {"JSON", "AVRO", "KAFKA", "DELIMITED"}
+KEY_FORMATS = {"KAFKA", "JSON", "DELIMITED", "NONE"}
+OUTSIDE_SUBSET_FORMATS = {"PROTOBUF", "PROTOBUF_NOSR", "JSON_SR"}
+
+
+class RecordError(ValueError):
+    """A record that cannot be read with its declared format; it goes to the dead letters."""
+
+
+@dataclass(frozen=True)
+class Column:
+    name: str
+    type: SqlType
+
+
+# ---------------------------------------------------------------- schema stores
+
+
+class SchemaStore(Protocol):
+    def register(self, subject: str, schema: str) -> int: ...
+
+    def schema_by_id(self, schema_id: int) -> str: ...
+
+    def latest(self, subject: str) -> tuple[int, str] | None: ...
+
+
+class InMemorySchemaStore:
+    """A schema registry held in memory (ids from 1), for tests and the QTT runner."""
+
+    def __init__(self):
+        self._by_id: dict[int, str] = {}
+        self._subjects: dict[str, list[int]] = {}
+
+    def register(self, subject: str, schema: str) -> int:
+        canonical = json.dumps(json.loads(schema), sort_keys=True)
+        for schema_id, text in self._by_id.items():
+            if text == canonical:
+                break
+        else:
+            schema_id = len(self._by_id) + 1
+            self._by_id[schema_id] = canonical
+        versions = self._subjects.setdefault(subject, [])
+        if schema_id not in versions:
+            versions.append(schema_id)
+        return schema_id
+
+    def schema_by_id(self, schema_id: int) -> str:
+        if schema_id not in self._by_id:
+            raise KeyError(f"schema id {schema_id} is not registered")
+        return self._by_id[schema_id]
+
+    def latest(self, subject: str) -> tuple[int, str] | None:
+        versions = self._subjects.get(subject)
+        return (versions[-1], self._by_id[versions[-1]]) if versions else None
+
+
+class RegistrySchemaStore:
+    """Adapts a confluent-kafka SchemaRegistryClient to the engine's schema store."""
+
+    def __init__(self, client):
+        self.client = client
+
+    def register(self, subject: str, schema: str) -> int:
+        from confluent_kafka.schema_registry import Schema
+
+        return self.client.register_schema(subject, Schema(schema, "AVRO"))
+
+    def schema_by_id(self, schema_id: int) -> str:
+        return self.client.get_schema(schema_id).schema_str
+
+    def latest(self, subject: str) -> tuple[int, str] | None:
+        from confluent_kafka.schema_registry.error import SchemaRegistryError
+
+        try:
+            registered = self.client.get_latest_version(subject)
+        except SchemaRegistryError as exc:
+            if getattr(exc, "http_status_code", None) == 404:
+                return None
+            raise
+        return registered.schema_id, registered.schema.schema_str
+
+
+# ---------------------------------------------------------------- Avro schemas
+
+
+def avro_type_to_sql(avro_type) -> SqlType:
+    """The ksqlDB column type of an Avro type (unions with null become the non-null type)."""
+    if isinstance(avro_type, list):
+        non_null = [t for t in avro_type if t != "null"]
+        if len(non_null) != 1:
+            raise KsqlError(f"Avro union {avro_type} has no ksqlDB type (only [null, T] unions are)")
+        return avro_type_to_sql(non_null[0])
+    if isinstance(avro_type, dict):
+        kind = avro_type.get("type")
+        logical = avro_type.get("logicalType")
+        if logical == "decimal":
+            return SqlType("DECIMAL", precision=avro_type["precision"], scale=avro_type.get("scale", 0))
+        if logical in ("timestamp-millis",):
+            return SqlType("TIMESTAMP")
+        if kind == "array":
+            return SqlType("ARRAY", item=avro_type_to_sql(avro_type["items"]))
+        if kind == "map":
+            return SqlType("MAP", key=SqlType("STRING"), item=avro_type_to_sql(avro_type["values"]))
+        if kind == "record":
+            return SqlType("STRUCT", fields=tuple((f["name"].upper(), avro_type_to_sql(f["type"])) for f in avro_type["fields"]))
+        if kind == "enum":
+            return SqlType("STRING")
+        return avro_type_to_sql(kind)
+    mapping = {"string": "STRING", "int": "INT", "long": "BIGINT", "double": "DOUBLE", "float": "DOUBLE", "boolean": "BOOLEAN", "bytes": "BYTES"}
+    if avro_type not in mapping:
+        raise KsqlError(f"Avro type {avro_type} has no ksqlDB type")
+    return SqlType(mapping[avro_type])
+
+
+def columns_from_avro(schema_text: str) -> list[Column]:
+    """Value columns inferred from a registered Avro record schema (names upper-cased, as ksqlDB)."""
+    schema = json.loads(schema_text)
+    if not isinstance(schema, dict) or schema.get("type") != "record":
+        raise KsqlError("Schema inference needs an Avro record schema for the value")
+    return [Column(f["name"].upper(), avro_type_to_sql(f["type"])) for f in schema["fields"]]
+
+
+def sql_type_to_avro(sql_type: SqlType, name: str):
+    """The (nullable) Avro type ksqlDB writes for a column type."""
+    base = sql_type.base
+    simple = {"STRING": "string", "INT": "int", "BIGINT": "long", "DOUBLE": "double", "BOOLEAN": "boolean", "BYTES": "bytes"}
+    if base in simple:
+        inner: Any = simple[base]
+    elif base == "DECIMAL":
+        inner = {"type": "bytes", "logicalType": "decimal", "precision": sql_type.precision, "scale": sql_type.scale}
+    elif base == "TIMESTAMP":
+        inner = {"type": "long", "logicalType": "timestamp-millis"}
+    elif base == "ARRAY":
+        inner = {"type": "array", "items": sql_type_to_avro(sql_type.item, name)}
+    elif base == "MAP":
+        if sql_type.key.base == "STRING":
+            inner = {"type": "map", "values": sql_type_to_avro(sql_type.item, name)}
+        else:
+            # non-string keys: an array of key/value records (ksqlDB's MapEntry form)
+            inner = {
+                "type": "array",
+                "items": {
+                    "type": "record",
+                    "name": f"{AVRO_RECORD_NAME}_{name}",
+                    "namespace": AVRO_NAMESPACE,
+                    "fields": [
+                        {"name": "key", "type": sql_type_to_avro(sql_type.key, name), "default": None},
+                        {"name": "value", "type": sql_type_to_avro(sql_type.item, name), "default": None},
+                    ],
+                    "connect.internal.type": "MapEntry",
+                },
+            }
+    elif base == "STRUCT":
+        inner = {
+            "type": "record",
+            "name": f"{AVRO_RECORD_NAME}_{name}",
+            "namespace": AVRO_NAMESPACE,
+            "fields": [{"name": n, "type": sql_type_to_avro(t, f"{name}_{n}"), "default": None} for n, t in sql_type.fields],
+        }
+    else:
+        raise KsqlError(f"Type {sql_type} cannot be written as AVRO")
+    return ["null", inner]
+
+
+def avro_value_schema(columns: list[Column], full_name: str | None = None) -> dict:
+    """The value schema ksqlDB registers for a sink: nullable fields, KsqlDataSourceSchema record."""
+    namespace, _, name = (full_name or f"{AVRO_NAMESPACE}.{AVRO_RECORD_NAME}").rpartition(".")
+    schema = {"type": "record", "name": name, "fields": [{"name": c.name, "type": sql_type_to_avro(c.type, c.name), "default": None} for c in columns]}
+    if namespace:
+        schema["namespace"] = namespace
+    return schema
+
+
+def _to_avro_value(value, sql_type: SqlType):
+    if value is None:
+        return None
+    if sql_type.base == "MAP" and sql_type.key.base != "STRING":
+        return [{"key": k, "value": _to_avro_value(v, sql_type.item)} for k, v in value.items()]
+    if sql_type.base == "MAP":
+        return {k: _to_avro_value(v, sql_type.item) for k, v in value.items()}
+    if sql_type.base == "ARRAY":
+        return [_to_avro_value(v, sql_type.item) for v in value]
+    if sql_type.base == "STRUCT":
+        return {n: _to_avro_value(value.get(n), t) for n, t in sql_type.fields}
+    return value
+
+
+def _from_avro_value(value, sql_type: SqlType):
+    if value is None:
+        return None
+    if sql_type.base == "MAP" and isinstance(value, list):
+        return {e["key"]: _from_avro_value(e["value"], sql_type.item) for e in value}
+    return value
+
+
+# ---------------------------------------------------------------- value formats
+
+
+class ValueFormat:
+    """Serialize a row's value columns to bytes and back."""
+
+    name = ""
+
+    def __init__(self, columns: list[Column], topic: str):
+        self.columns = columns
+        self.topic = topic
+
+    def serialize(self, row: dict | None) -> bytes | None:
+        raise NotImplementedError
+
+    def deserialize(self, data: bytes | None) -> dict | None:
+        raise NotImplementedError
+
+    def _coerce_all(self, by_upper_name: dict) -> dict:
+        return {c.name: coerce(by_upper_name.get(c.name.upper()), c.type, c.name) for c in self.columns}
+
+
+def _json_default(value):
+    if isinstance(value, decimal.Decimal):
+        return float(value)
+    if isinstance(value, bytes):
+        import base64
+
+        return base64.b64encode(value).decode()
+    raise TypeError(f"{type(value).__name__} is not JSON serializable")
+
+
+class JsonFormat(ValueFormat):
+    name = "JSON"
+
+    def serialize(self, row):
+        if row is None:
+            return None
+        return json.dumps({c.name: row.get(c.name) for c in self.columns}, default=_json_default, separators=(",", ":")).encode()
+
+    def deserialize(self, data):
+        if data is None:
+            return None
+        try:
+            decoded = json.loads(data, parse_float=decimal.Decimal if any(c.type.base == "DECIMAL" for c in self.columns) else float)
+        except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+            raise RecordError(f"value is not valid JSON: {exc}") from None
+        if decoded is None:
+            return None
+        if not isinstance(decoded, dict):
+            if len(self.columns) == 1:
+                decoded = {self.columns[0].name: decoded}
+            else:
+                raise RecordError(f"JSON value is a {type(decoded).__name__}, expected an object with fields {[c.name for c in self.columns]}")
+        try:
+            return self._coerce_all({str(k).upper(): v for k, v in decoded.items()})
+        except ValueError as exc:
+            raise RecordError(str(exc)) from None
+
+
+class DelimitedFormat(ValueFormat):
+    name = "DELIMITED"
+
+    def serialize(self, row):
+        if row is None:
+            return None
+        out = io.StringIO()
+        csv.writer(out, lineterminator="").writerow(["" if row.get(c.name) is None else _text(row.get(c.name)) for c in self.columns])
+        return out.getvalue().encode()
+
+    def deserialize(self, data):
+        if data is None:
+            return None
+        try:
+            fields = next(csv.reader([data.decode()]), [])
+        except (UnicodeDecodeError, csv.Error) as exc:
+            raise RecordError(f"value is not valid DELIMITED text: {exc}") from None
+        if len(fields) != len(self.columns):
+            raise RecordError(f"Unexpected field count, csvFields:{len(fields)} schemaFields:{len(self.columns)}")
+        try:
+            return {c.name: None if f == "" else coerce(f, c.type, c.name) for c, f in zip(self.columns, fields)}
+        except ValueError as exc:
+            raise RecordError(str(exc)) from None
+
+
+def _text(value) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    return str(value)
+
+
+_KAFKA_STRUCTS = {"INT": ">i", "BIGINT": ">q", "DOUBLE": ">d"}
+
+
+def kafka_encode(value, sql_type: SqlType) -> bytes | None:
+    if value is None:
+        return None
+    if sql_type.base in _KAFKA_STRUCTS:
+        return struct.pack(_KAFKA_STRUCTS[sql_type.base], value)
+    if sql_type.base == "STRING":
+        return value.encode()
+    if sql_type.base == "BYTES":
+        return bytes(value)
+    raise KsqlError(f"The 'KAFKA' format does not support type '{sql_type}'")
+
+
+def kafka_decode(data: bytes | None, sql_type: SqlType):
+    if data is None:
+        return None
+    if sql_type.base in _KAFKA_STRUCTS:
+        fmt = _KAFKA_STRUCTS[sql_type.base]
+        if len(data) != struct.calcsize(fmt):
+            raise RecordError(f"Size of data received by deserializer is not {struct.calcsize(fmt)} ({len(data)} bytes) for {sql_type}")
+        return struct.unpack(fmt, data)[0]
+    if sql_type.base == "STRING":
+        try:
+            return data.decode()
+        except UnicodeDecodeError as exc:
+            raise RecordError(f"not UTF-8 text: {exc}") from None
+    if sql_type.base == "BYTES":
+        return data
+    raise KsqlError(f"The 'KAFKA' format does not support type '{sql_type}'")
+
+
+def check_kafka_type(sql_type: SqlType, what: str) -> None:
+    if sql_type.base not in ("INT", "BIGINT", "DOUBLE", "STRING", "BYTES"):
+        raise KsqlError(f"The 'KAFKA' format does not support type '{sql_type.base}', column: {what}")
+
+
+class KafkaFormat(ValueFormat):
+    name = "KAFKA"
+
+    def __init__(self, columns, topic):
+        super().__init__(columns, topic)
+        if len(columns) > 1:
+            raise KsqlError(f"The 'KAFKA' format only supports a single field. Got: {[c.name for c in columns]}")
+        for c in columns:
+            check_kafka_type(c.type, c.name)
+
+    def serialize(self, row):
+        if row is None or not self.columns:
+            return None
+        return kafka_encode(row.get(self.columns[0].name), self.columns[0].type)
+
+    def deserialize(self, data):
+        if data is None:
+            return None
+        if not self.columns:
+            return {}
+        return {self.columns[0].name: kafka_decode(data, self.columns[0].type)}
+
+
+class AvroFormat(ValueFormat):
+    """Confluent Avro: magic byte 0, 4-byte schema id, Avro binary."""
+
+    name = "AVRO"
+
+    def __init__(self, columns, topic, store: SchemaStore | None, full_name: str | None = None):
+        super().__init__(columns, topic)
+        if store is None:
+            raise KsqlError("AVRO format needs a schema registry: configure one for the engine")
+        self.store = store
+        self.full_name = full_name
+        self._readers: dict[int, Any] = {}
+        self._writer_id: int | None = None
+        self._writer = fastavro.parse_schema(avro_value_schema(columns, full_name))
+
+    def writer_schema(self) -> dict:
+        return avro_value_schema(self.columns, self.full_name)
+
+    def serialize(self, row):
+        if row is None:
+            return None
+        if self._writer_id is None:
+            self._writer_id = self.store.register(f"{self.topic}-value", json.dumps(self.writer_schema()))
+        record = {c.name: _to_avro_value(row.get(c.name), c.type) for c in self.columns}
+        out = io.BytesIO()
+        out.write(b"\x00" + struct.pack(">I", self._writer_id))
+        fastavro.schemaless_writer(out, self._writer, record)
+        return out.getvalue()
+
+    def deserialize(self, data):
+        if data is None:
+            return None
+        if len(data) < 5 or data[0] != 0:
+            raise RecordError("value is not Confluent Avro (no magic byte 0 and schema id)")
+        schema_id = struct.unpack(">I", data[1:5])[0]
+        reader = self._readers.get(schema_id)
+        if reader is None:
+            try:
+                reader = fastavro.parse_schema(json.loads(self.store.schema_by_id(schema_id)))
+            except Exception as exc:  # the store's own error types vary (HTTP, KeyError)
+                raise RecordError(f"unknown Avro schema id {schema_id}: {exc}") from None
+            self._readers[schema_id] = reader
+        try:
+            decoded = fastavro.schemaless_reader(io.BytesIO(data[5:]), reader, None)
+        except Exception as exc:  # fastavro raises many types for truncated or garbled data
+            raise RecordError(f"cannot decode Avro value with schema id {schema_id}: {exc}") from None
+        if not isinstance(decoded, dict):
+            if len(self.columns) == 1:
+                decoded = {self.columns[0].name: decoded}
+            else:
+                raise RecordError("Avro value is not a record")
+        upper = {k.upper(): v for k, v in decoded.items()}
+        missing = [c.name for c in self.columns if c.name.upper() not in upper]
+        if missing:
+            raise RecordError(f"Avro record (schema id {schema_id}) lacks field(s) {missing}")
+        try:
+            return {c.name: coerce(_from_avro_value(upper[c.name.upper()], c.type), c.type, c.name) for c in self.columns}
+        except ValueError as exc:
+            raise RecordError(str(exc)) from None
+
+
+def value_format(name: str, columns: list[Column], topic: str, store: SchemaStore | None, avro_full_name: str | None = None) -> ValueFormat:
+    name = name.upper()
+    if name == "JSON":
+        return JsonFormat(columns, topic)
+    if name == "DELIMITED":
+        return DelimitedFormat(columns, topic)
+    if name == "KAFKA":
+        return KafkaFormat(columns, topic)
+    if name == "AVRO":
+        return AvroFormat(columns, topic, store, avro_full_name)
+    raise KsqlError(f"Value format {name} is outside the engine's subset (JSON, AVRO, KAFKA, DELIMITED).")
+
+
+# ---------------------------------------------------------------- key formats
+
+
+class KeyFormat:
+    """Serialize key columns (a tuple of values) to key bytes, optionally time-windowed."""
+
+    def __init__(self, name: str, columns: list[Column], windowed: bool = False):
+        self.name = name.upper()
+        self.columns = columns
+        self.windowed = windowed
+        if self.name not in KEY_FORMATS:
+            raise KsqlError(f"Key format {self.name} is outside the engine's subset (KAFKA, JSON, DELIMITED).")
+        if self.name == "KAFKA":
+            if len(columns) > 1:
+                raise KsqlError(
+                    "The 'KAFKA' format only supports a single field. Got: "
+                    + str([f"`{c.name}` {c.type}" for c in columns]).replace("'", "")
+                )
+            for c in columns:
+                check_kafka_type(c.type, c.name)
+
+    def serialize(self, key: tuple, window_start: int | None = None) -> bytes | None:
+        data = self._serialize_plain(key)
+        if self.windowed and window_start is not None:
+            return (data or b"") + struct.pack(">q", window_start)
+        return data
+
+    def _serialize_plain(self, key: tuple) -> bytes | None:
+        if not self.columns or all(v is None for v in key):
+            return None
+        if self.name == "KAFKA":
+            return kafka_encode(key[0], self.columns[0].type)
+        if self.name == "JSON":
+            if len(self.columns) == 1:
+                return json.dumps(key[0], default=_json_default).encode()
+            return json.dumps({c.name: v for c, v in zip(self.columns, key)}, default=_json_default).encode()
+        out = io.StringIO()
+        csv.writer(out, lineterminator="").writerow(["" if v is None else _text(v) for v in key])
+        return out.getvalue().encode()
+
+    def deserialize(self, data: bytes | None) -> tuple[tuple, int | None]:
+        """Return (key values, window start or None)."""
+        window_start = None
+        if self.windowed and data is not None:
+            if len(data) < 8:
+                raise RecordError("windowed key shorter than its 8-byte window start")
+            data, window_start = data[:-8], struct.unpack(">q", data[-8:])[0]
+        if not self.columns:
+            return (), window_start
+        if data is None:
+            return tuple(None for _ in self.columns), window_start
+        try:
+            if self.name == "KAFKA":
+                return (kafka_decode(data, self.columns[0].type),), window_start
+            if self.name == "JSON":
+                decoded = json.loads(data)
+                if len(self.columns) == 1:
+                    return (coerce(decoded, self.columns[0].type, self.columns[0].name),), window_start
+                upper = {str(k).upper(): v for k, v in decoded.items()}
+                return tuple(coerce(upper.get(c.name.upper()), c.type, c.name) for c in self.columns), window_start
+            fields = next(csv.reader([data.decode()]), [])
+            return tuple(None if f == "" else coerce(f, c.type, c.name) for c, f in zip(self.columns, fields)), window_start
+        except RecordError:
+            raise
+        except (ValueError, UnicodeDecodeError, AttributeError) as exc:
+            raise RecordError(f"cannot read key: {exc}") from None

@@ -1,0 +1,103 @@
+"""Explicit operator state that can be snapshotted, restored and changelogged.
+
+Every piece of state a query keeps (aggregates, windows, join tables, stream
+time) lives in a `Store`. The runtime drains each store's changes after a
+batch (`drain_changes`) to write them to a changelog topic in the same Kafka
+transaction as the outputs and offsets, and replays them with `apply_change`
+on restart. Keys are tuples of JSON-friendly values; values are JSON-friendly.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+from typing import Any, Iterator
+
+_DELETED = object()
+
+
+def encode_key(key: tuple) -> str:
+    return json.dumps(list(key), separators=(",", ":"), default=str)
+
+
+def decode_key(text: str) -> tuple:
+    return tuple(_freeze(v) for v in json.loads(text))
+
+
+def _freeze(value):
+    return tuple(_freeze(v) for v in value) if isinstance(value, list) else value
+
+
+class Store:
+    """A key-value store with change tracking."""
+
+    def __init__(self, name: str):
+        self.name = name
+        self._data: dict[tuple, Any] = {}
+        self._dirty: dict[tuple, Any] = {}
+
+    def get(self, key: tuple, default=None):
+        return self._data.get(key, default)
+
+    def put(self, key: tuple, value) -> None:
+        self._data[key] = value
+        self._dirty[key] = value
+
+    def delete(self, key: tuple) -> None:
+        if key in self._data:
+            del self._data[key]
+            self._dirty[key] = _DELETED
+
+    def __contains__(self, key: tuple) -> bool:
+        return key in self._data
+
+    def __len__(self) -> int:
+        return len(self._data)
+
+    def items(self) -> Iterator[tuple[tuple, Any]]:
+        return iter(list(self._data.items()))
+
+    def drain_changes(self) -> list[tuple[str, Any]]:
+        """Changes since the last drain: (encoded key, value or None for a delete)."""
+        changes = [(encode_key(k), None if v is _DELETED else v) for k, v in self._dirty.items()]
+        self._dirty.clear()
+        return changes
+
+    def apply_change(self, encoded_key: str, value) -> None:
+        key = decode_key(encoded_key)
+        if value is None:
+            self._data.pop(key, None)
+        else:
+            self._data[key] = value
+
+    def snapshot(self) -> dict[str, Any]:
+        return {encode_key(k): copy.deepcopy(v) for k, v in self._data.items()}
+
+    def restore(self, snapshot: dict[str, Any]) -> None:
+        self._data = {decode_key(k): copy.deepcopy(v) for k, v in snapshot.items()}
+        self._dirty.clear()
+
+
+class Stores:
+    """The named stores of one query."""
+
+    def __init__(self):
+        self._stores: dict[str, Store] = {}
+
+    def get(self, name: str) -> Store:
+        if name not in self._stores:
+            self._stores[name] = Store(name)
+        return self._stores[name]
+
+    def drain_changes(self) -> list[tuple[str, str, Any]]:
+        return [(name, k, v) for name, store in self._stores.items() for k, v in store.drain_changes()]
+
+    def apply_change(self, store: str, encoded_key: str, value) -> None:
+        self.get(store).apply_change(encoded_key, value)
+
+    def snapshot(self) -> dict[str, dict]:
+        return {name: store.snapshot() for name, store in self._stores.items()}
+
+    def restore(self, snapshot: dict[str, dict]) -> None:
+        for name, data in snapshot.items():
+            self.get(name).restore(data)
