@@ -12,6 +12,7 @@ import socket
 import subprocess
 import sys
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import httpx
@@ -181,6 +182,19 @@ def test_different_schemas_get_different_ids_and_successive_versions(client):
     assert client.get_version("survey-entries-value", 1).schema_id == first
 
 
+def test_concurrent_registrations_of_one_schema_make_one_version(registry):
+    def register(_: int) -> int:
+        with fresh_client(registry) as own:
+            return own.register_schema("survey-entries-value", avro(SURVEY_ENTRY))
+
+    with ThreadPoolExecutor(max_workers=8) as pool:
+        ids = set(pool.map(register, range(16)))
+
+    assert len(ids) == 1
+    with fresh_client(registry) as client:
+        assert client.get_versions("survey-entries-value") == [1]
+
+
 def test_lookup_finds_the_version_holding_a_schema(registry, client):
     schema_id = client.register_schema("survey-entries-value", avro(SURVEY_ENTRY))
 
@@ -280,6 +294,7 @@ def test_delete_version_keeps_numbering(client):
 
 def test_backward_compatible_change_is_accepted(client):
     assert client.get_compatibility() == "BACKWARD"
+    assert client.test_compatibility("survey-entries-value", avro(SURVEY_ENTRY)) is True  # nothing to break yet
     client.register_schema("survey-entries-value", avro(SURVEY_ENTRY))
     evolved = avro(with_field({"name": "score", "type": ["null", "int"], "default": None}))
 
