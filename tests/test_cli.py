@@ -1,0 +1,66 @@
+"""The survey-kit command against the session's stack: topics, surveys, and its error messages."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+import pytest
+
+from survey_kit.surveys import list_surveys
+
+CLI = [sys.executable, "-m", "survey_kit.cli"]
+
+
+@pytest.fixture
+def run(cluster, tmp_path):
+    """Run the CLI pointed at the test's cluster through a config file, as a user would."""
+    topics = cluster.topics.model_dump()
+    config = tmp_path / "survey-kit.yaml"
+    config.write_text(
+        "kafka:\n"
+        f"  bootstrap.servers: {cluster.bootstrap_servers}\n"
+        "schema_registry:\n"
+        f"  url: {cluster.schema_registry_url}\n"
+        "topics:\n" + "".join(f"  {field}: {name}\n" for field, name in topics.items())
+    )
+    env = {k: v for k, v in os.environ.items() if not k.startswith("SURVEY_KIT_")}
+    env["SURVEY_KIT_HOME"] = str(tmp_path)
+
+    def run_cli(*args):
+        return subprocess.run(CLI + ["--config", str(config), *args], env=env, capture_output=True, text=True, timeout=60)
+
+    return run_cli
+
+
+def test_topics_create_reports_existing_topics(run, cluster):
+    result = run("topics", "create")
+    assert result.returncode == 0, result.stderr
+    assert f"exists   {cluster.topics.entries} (1 partitions)" in result.stdout
+
+
+def test_survey_create_list_disable(run, cluster):
+    created = run("survey", "create", "--id", "1", "--question", "Which Thanksgiving Pie is your favorite?",
+                  "--summary", "Thanksgiving Pie", "--option", "Pumpkin Pie", "--option", "Apple Pie")
+    assert created.returncode == 0, created.stderr
+    listed = run("survey", "list")
+    assert "Which Thanksgiving Pie is your favorite?" in listed.stdout and "enabled" in listed.stdout
+    assert run("survey", "disable", "1").returncode == 0
+    assert list_surveys(cluster)[0].enabled is False
+
+
+def test_invalid_survey_is_refused_with_a_message(run, cluster):
+    result = run("survey", "create", "--id", "1", "--question", "Pie?", "--summary", "Pie", "--option", "Apple")
+    assert result.returncode == 1
+    assert "at least two options" in result.stderr and "Traceback" not in result.stderr
+    assert list_surveys(cluster) == []
+
+
+def test_broker_that_is_down_is_reported(tmp_path):
+    config = tmp_path / "down.yaml"
+    config.write_text("kafka:\n  bootstrap.servers: 127.0.0.1:1\nschema_registry:\n  url: http://127.0.0.1:1\n")
+    env = {k: v for k, v in os.environ.items() if not k.startswith("SURVEY_KIT_")}
+    result = subprocess.run(CLI + ["--config", str(config), "survey", "list"], env=env, capture_output=True, text=True, timeout=60)
+    assert result.returncode == 1
+    assert "cannot reach Kafka at 127.0.0.1:1" in result.stderr and "Traceback" not in result.stderr
