@@ -28,7 +28,7 @@ AVRO_NAMESPACE = "io.confluent.ksql.avro_schemas"
 AVRO_RECORD_NAME = "KsqlDataSourceSchema"
 
 VALUE_FORMATS = {"JSON", "AVRO", "KAFKA", "DELIMITED"}
-KEY_FORMATS = {"KAFKA", "JSON", "DELIMITED", "NONE"}
+KEY_FORMATS = {"KAFKA", "JSON", "DELIMITED", "AVRO", "NONE"}
 OUTSIDE_SUBSET_FORMATS = {"PROTOBUF", "PROTOBUF_NOSR", "JSON_SR"}
 
 
@@ -392,12 +392,19 @@ class AvroFormat(ValueFormat):
     def writer_schema(self) -> dict:
         return avro_value_schema(self.columns, self.full_name)
 
-    def serialize(self, row):
+    def serialize(self, row, subject_suffix: str = "value", bare: bool = False):
         if row is None:
             return None
+        if bare:
+            column = self.columns[0]
+            schema = sql_type_to_avro(column.type, column.name)
+            record = _to_avro_value(row.get(column.name), column.type)
+        else:
+            schema = self.writer_schema()
+            record = {c.name: _to_avro_value(row.get(c.name), c.type) for c in self.columns}
         if self._writer_id is None:
-            self._writer_id = self.store.register(f"{self.topic}-value", json.dumps(self.writer_schema()))
-        record = {c.name: _to_avro_value(row.get(c.name), c.type) for c in self.columns}
+            self._writer_id = self.store.register(f"{self.topic}-{subject_suffix}", json.dumps(schema))
+            self._writer = fastavro.parse_schema(schema)
         out = io.BytesIO()
         out.write(b"\x00" + struct.pack(">I", self._writer_id))
         fastavro.schemaless_writer(out, self._writer, record)
@@ -454,10 +461,17 @@ def value_format(name: str, columns: list[Column], topic: str, store: SchemaStor
 class KeyFormat:
     """Serialize key columns (a tuple of values) to key bytes, optionally time-windowed."""
 
-    def __init__(self, name: str, columns: list[Column], windowed: bool = False):
+    def __init__(self, name: str, columns: list[Column], windowed: bool = False, topic: str = "", store: SchemaStore | None = None):
         self.name = name.upper()
         self.columns = columns
         self.windowed = windowed
+        self._avro = None
+        if self.name == "AVRO":
+            # one key column is written as a bare Avro value, several as a record (as ksqlDB)
+            self._avro = AvroFormat(columns, topic, store) if len(columns) > 1 else None
+            self._avro_single = (
+                AvroFormat([Column("K", columns[0].type)], topic, store) if len(columns) == 1 else None
+            )
         if self.name not in KEY_FORMATS:
             raise KsqlError(f"Key format {self.name} is outside the engine's subset (KAFKA, JSON, DELIMITED).")
         if self.name == "KAFKA":
@@ -480,6 +494,8 @@ class KeyFormat:
             return None
         if self.name == "KAFKA":
             return kafka_encode(key[0], self.columns[0].type)
+        if self.name == "AVRO":
+            return self._avro_key_bytes(key)
         if self.name == "JSON":
             if len(self.columns) == 1:
                 return json.dumps(key[0], default=_json_default).encode()
@@ -487,6 +503,11 @@ class KeyFormat:
         out = io.StringIO()
         csv.writer(out, lineterminator="").writerow(["" if v is None else _text(v) for v in key])
         return out.getvalue().encode()
+
+    def _avro_key_bytes(self, key: tuple) -> bytes | None:
+        if self._avro is not None:
+            return self._avro.serialize(dict(zip([c.name for c in self.columns], key)), subject_suffix="key")
+        return self._avro_single.serialize({"K": key[0]}, subject_suffix="key", bare=True)
 
     def deserialize(self, data: bytes | None) -> tuple[tuple, int | None]:
         """Return (key values, window start or None)."""
@@ -502,6 +523,11 @@ class KeyFormat:
         try:
             if self.name == "KAFKA":
                 return (kafka_decode(data, self.columns[0].type),), window_start
+            if self.name == "AVRO":
+                if self._avro is not None:
+                    row = self._avro.deserialize(data)
+                    return tuple(row[c.name] for c in self.columns), window_start
+                return (self._avro_single.deserialize(data)["K"],), window_start
             if self.name == "JSON":
                 decoded = json.loads(data)
                 if len(self.columns) == 1:

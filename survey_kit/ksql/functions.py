@@ -301,7 +301,7 @@ def is_aggregate(name: str) -> bool:
 def make_aggregate(name: str, arg_type: SqlType | None, star_or_empty: bool, extra_args: list) -> Aggregate:
     """Build the aggregate for a call like COUNT(*), HISTOGRAM(col), LATEST_BY_OFFSET(col, false)."""
     if name in UNSUPPORTED_AGGREGATES:
-        raise KsqlError(f"Aggregate function {name} is outside the engine's supported subset (COUNT, SUM, MIN, MAX, LATEST_BY_OFFSET, HISTOGRAM).")
+        raise KsqlError(f"Aggregate function {name} is outside the engine's subset (COUNT, SUM, MIN, MAX, LATEST_BY_OFFSET, HISTOGRAM).")
     if name == "COUNT":
         return Count(arg_type, counts_rows=star_or_empty or arg_type is None)
     if arg_type is None:

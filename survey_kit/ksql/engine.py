@@ -1,0 +1,324 @@
+"""The embedded ksqlDB-compatible engine: statements in, persistent queries running.
+
+    engine = Engine(schemas=InMemorySchemaStore())
+    engine.execute(open("ksql/01_survey_entries.sql").read())
+    outputs = engine.process("survey-entries", 0, 42, ts, key_bytes, value_bytes)
+    outputs += engine.punctuate(now_ms)   # wall-clock work (opt-in EMIT FINAL closing)
+    outputs += engine.flush()             # at commit: updates held by the record cache
+    changes = engine.drain_changes()      # state changes to write to a changelog
+
+The engine is pure: it never talks to Kafka. A runtime consumes
+`engine.source_topics()`, calls `process` per record, produces the returned
+`OutputRecord`s (dead letters included, flagged `dead_letter`), and commits
+them with the input offsets and the drained state changes in one transaction.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+
+from . import ast
+from .formats import KeyFormat, RecordError, SchemaStore, value_format
+from .operators import EMIT_FINAL_WALL_CLOCK, InputRecord, OutputRecord, PersistentQuery, Serdes
+from .parser import StatementText, parse_statement, split_statements, substitute
+from .planner import DataSource, create_source, plan_query
+from .types import KsqlError
+
+DEAD_LETTER_TOPIC = "survey_kit.dead.letter.topic"
+DEFAULT_DEAD_LETTER_TOPIC = "ksql-dead-letters"
+
+
+@dataclass
+class StatementResult:
+    """What one statement did: a message, and rows for SHOW / DESCRIBE."""
+
+    statement: str
+    message: str
+    rows: list[dict] = field(default_factory=list)
+
+
+@dataclass
+class EngineMetrics:
+    dead_letters: int = 0
+    records_in: int = 0
+
+
+class Engine:
+    """Runs ksqlDB statements and the persistent queries they create.
+
+    `schemas` is the schema store used for AVRO (inference and serialization);
+    `properties` are ksqlDB properties (as with SET), e.g.
+    `ksql.streams.cache.max.bytes.buffering` or `survey_kit.emit.final.wall.clock`.
+    """
+
+    def __init__(self, schemas: SchemaStore | None = None, properties: dict[str, str] | None = None, variables: dict[str, str] | None = None):
+        self.schemas = schemas
+        self.properties: dict[str, str] = dict(properties or {})
+        self.variables: dict[str, str] = {k.lower(): v for k, v in (variables or {}).items()}
+        self.sources: dict[str, DataSource] = {}
+        self.queries: dict[str, PersistentQuery] = {}
+        self.metrics = EngineMetrics()
+        self._serdes: dict[str, Serdes] = {}
+        self._query_counter = 0
+
+    # ------------------------------------------------------------ statements
+
+    def execute(self, script: str) -> list[StatementResult]:
+        """Run every statement of `script` in order; raise KsqlError at the first failing one."""
+        results = []
+        for piece in split_statements(script):
+            text = substitute(piece.text, self.variables)
+            statement = parse_statement(StatementText(text, piece.line, piece.column))
+            try:
+                results.append(self.execute_statement(statement))
+            except KsqlError as exc:
+                raise KsqlError(f"{exc}\nStatement: {statement.text}") from None
+        return results
+
+    def execute_statement(self, statement: ast.Statement) -> StatementResult:
+        text = statement.text
+        if isinstance(statement, ast.Define):
+            self.variables[statement.name] = statement.value
+            return StatementResult(text, f"Defined variable {statement.name}.")
+        if isinstance(statement, ast.Undefine):
+            self.variables.pop(statement.name, None)
+            return StatementResult(text, f"Undefined variable {statement.name}.")
+        if isinstance(statement, ast.SetProperty):
+            self.properties[statement.name] = statement.value
+            return StatementResult(text, f"Property {statement.name} set to {statement.value}.")
+        if isinstance(statement, ast.UnsetProperty):
+            self.properties.pop(statement.name, None)
+            return StatementResult(text, f"Property {statement.name} unset.")
+        if isinstance(statement, ast.CreateSource):
+            return self._create_source(statement)
+        if isinstance(statement, ast.CreateAsSelect):
+            return self._create_as_select(statement)
+        if isinstance(statement, ast.Drop):
+            return self._drop(statement)
+        if isinstance(statement, ast.Show):
+            return self._show(statement)
+        if isinstance(statement, ast.Describe):
+            return self._describe(statement)
+        if isinstance(statement, ast.Terminate):
+            return self._terminate(statement)
+        raise KsqlError(f"Unsupported statement at {statement.position}: {text}")
+
+    def _existing(self, kind: str, name: str, if_not_exists: bool, or_replace: bool) -> StatementResult | None:
+        existing = self.sources.get(name)
+        if existing is None:
+            return None
+        if if_not_exists:
+            return StatementResult("", f"{existing.kind.capitalize()} {name} already exists; nothing to do.")
+        if or_replace and existing.kind == kind:
+            return None
+        raise KsqlError(f"Cannot add {kind.lower()} '{name}': A {existing.kind.lower()} with the same name already exists")
+
+    def _create_source(self, statement: ast.CreateSource) -> StatementResult:
+        skipped = self._existing(statement.kind, statement.name, statement.if_not_exists, statement.or_replace)
+        if skipped:
+            return StatementResult(statement.text, skipped.message)
+        source = create_source(statement, self.schemas)
+        self._register(source)
+        return StatementResult(statement.text, f"{source.kind.capitalize()} created")
+
+    def _register(self, source: DataSource) -> None:
+        windowed = source.window is not None
+        self._serdes[source.name] = Serdes(
+            KeyFormat(source.key_format, source.key_columns, windowed=windowed, topic=source.topic, store=self.schemas),
+            value_format(source.value_format, source.value_columns, source.topic, self.schemas, source.avro_full_name),
+        )
+        self.sources[source.name] = source
+
+    def _create_as_select(self, statement: ast.CreateAsSelect) -> StatementResult:
+        existing = self.sources.get(statement.name)
+        skipped = self._existing(statement.kind, statement.name, statement.if_not_exists, statement.or_replace)
+        if skipped:
+            return StatementResult(statement.text, skipped.message)
+        self._query_counter += 1
+        prefix = "CSAS" if statement.kind == "STREAM" else "CTAS"
+        query_id = f"{prefix}_{statement.name}_{self._query_counter - 1}"
+        if existing is not None and existing.written_by:
+            query_id = existing.written_by
+        plan = plan_query(statement, query_id, self.sources.get, self.properties)
+        for topic in plan.source_topics:
+            if topic == plan.sink.topic:
+                raise KsqlError(f"Cannot create {statement.kind.lower()} {statement.name}: it would read and write the same topic '{topic}'.")
+        plan.sink.written_by = query_id
+        self._register(plan.sink)
+        # a replaced query keeps its state, as ksqlDB's CREATE OR REPLACE does for compatible changes
+        old = self.queries.get(query_id)
+        query = PersistentQuery(plan, self._serdes[plan.sink.name], self.properties)
+        if old is not None:
+            query.stores = old.stores
+        self.queries[query_id] = query
+        return StatementResult(statement.text, f"Created query with ID {query_id}")
+
+    def _drop(self, statement: ast.Drop) -> StatementResult:
+        source = self.sources.get(statement.name)
+        if source is None:
+            if statement.if_exists:
+                return StatementResult(statement.text, f"{statement.name} does not exist; nothing to drop.")
+            raise KsqlError(f"Source {statement.name} does not exist.")
+        if source.kind != statement.kind:
+            raise KsqlError(f"Incompatible data source type is {source.kind}, but statement was DROP {statement.kind}")
+        readers = [q.query_id for q in self.queries.values() if source.name in (q.plan.source.name, q.plan.join.table.name if q.plan.join else None)]
+        if readers:
+            raise KsqlError(f"Cannot drop {source.name}.\nThe following queries read from this source: [{', '.join(sorted(readers))}].\nYou need to terminate them before dropping {source.name}.")
+        if source.written_by:
+            self.queries.pop(source.written_by, None)
+        del self.sources[source.name]
+        self._serdes.pop(source.name, None)
+        note = f" Topic {source.topic} should be deleted." if statement.delete_topic else ""
+        return StatementResult(statement.text, f"Source `{source.name}` (topic: {source.topic}) was dropped.{note}", rows=[{"deleted_topic": source.topic}] if statement.delete_topic else [])
+
+    def _show(self, statement: ast.Show) -> StatementResult:
+        what = statement.what
+        if what in ("STREAMS", "TABLES"):
+            kind = what[:-1]
+            rows = [
+                {"name": s.name, "topic": s.topic, "key_format": s.key_format, "value_format": s.value_format, "windowed": s.window is not None}
+                for s in self.sources.values()
+                if s.kind == kind
+            ]
+        elif what == "QUERIES":
+            rows = [{"id": q.query_id, "status": q.status, "sink": q.plan.sink.name, "sink_topic": q.plan.sink.topic, "sources": q.source_topics} for q in self.queries.values()]
+        elif what == "PROPERTIES":
+            rows = [{"property": k, "value": v} for k, v in sorted(self.properties.items())]
+        elif what == "VARIABLES":
+            rows = [{"name": k, "value": v} for k, v in sorted(self.variables.items())]
+        else:
+            topics = sorted({s.topic for s in self.sources.values()})
+            rows = [{"topic": t} for t in topics]
+        return StatementResult(statement.text, f"{len(rows)} {what.lower()}", rows)
+
+    def _describe(self, statement: ast.Describe) -> StatementResult:
+        source = self.sources.get(statement.name)
+        if source is None:
+            raise KsqlError(f"Could not find STREAM/TABLE '{statement.name}' in the Metastore")
+        rows = [{"field": c.name, "type": str(c.type) + (" (key)" if c in source.key_columns else "")} for c in source.columns]
+        info = f"Name: {source.name}\nType: {source.kind}\nTopic: {source.topic}\nKey format: {source.key_format}\nValue format: {source.value_format}"
+        if source.window:
+            info += f"\nWindow: TUMBLING {source.window.size_ms} ms"
+        if source.written_by and source.written_by in self.queries:
+            info += f"\nWritten by: {source.written_by}\nPlan: {self.queries[source.written_by].plan.describe()}"
+        return StatementResult(statement.text, info, rows)
+
+    def _terminate(self, statement: ast.Terminate) -> StatementResult:
+        if statement.query_id == "ALL":
+            ids = list(self.queries)
+        else:
+            ids = [q for q in self.queries if q.upper() == statement.query_id.upper()]
+            if not ids:
+                raise KsqlError(f"Unknown queryId: {statement.query_id}")
+        for query_id in ids:
+            del self.queries[query_id]
+        return StatementResult(statement.text, f"Terminated {', '.join(ids) or 'no queries'}.")
+
+    # ------------------------------------------------------------ records
+
+    def source_topics(self) -> list[str]:
+        """The topics the running queries read, in a stable order."""
+        topics: list[str] = []
+        for query in self.queries.values():
+            for topic in query.source_topics:
+                if topic not in topics:
+                    topics.append(topic)
+        return topics
+
+    def serdes(self, source_name: str) -> Serdes:
+        """The key and value formats of a source (to read a sink's output, for instance)."""
+        return self._serdes[source_name]
+
+    def source_for_topic(self, topic: str) -> DataSource | None:
+        return next((s for s in self.sources.values() if s.topic == topic), None)
+
+    def process(self, topic: str, partition: int, offset: int, timestamp: int, key: bytes | None, value: bytes | None, headers=()) -> list[OutputRecord]:
+        """Feed one record of `topic` to every query reading it; return what they produce.
+
+        A record its source's formats cannot read becomes a dead-letter record
+        (JSON with the error and the source topic/partition/offset) instead.
+        """
+        self.metrics.records_in += 1
+        outputs: list[OutputRecord] = []
+        decoded: dict[str, InputRecord | None] = {}
+        for query in list(self.queries.values()):
+            if topic not in query.source_topics:
+                continue
+            source = query.plan.join.table if (query.plan.join and query.plan.join.table.topic == topic) else query.plan.source
+            if source.name not in decoded:
+                decoded[source.name] = self._decode(source, topic, partition, offset, timestamp, key, value, headers, outputs)
+            record = decoded[source.name]
+            if record is not None:
+                outputs += query.process(source, record)
+        return outputs
+
+    def _decode(self, source, topic, partition, offset, timestamp, key, value, headers, outputs) -> InputRecord | None:
+        serdes = self._serdes[source.name]
+        try:
+            key_values, window_start = serdes.key.deserialize(key)
+            row = serdes.value.deserialize(value)
+        except RecordError as exc:
+            self.metrics.dead_letters += 1
+            outputs.append(self._dead_letter(source, topic, partition, offset, timestamp, key, value, str(exc)))
+            return None
+        return InputRecord(topic, partition, offset, timestamp, key_values, window_start, row, tuple(headers or ()))
+
+    def _dead_letter(self, source, topic, partition, offset, timestamp, key, value, error) -> OutputRecord:
+        body = {
+            "error": error,
+            "source": source.name,
+            "topic": topic,
+            "partition": partition,
+            "offset": offset,
+            "timestamp": timestamp,
+            "key": key.hex() if key is not None else None,
+            "value": value.hex() if value is not None else None,
+        }
+        return OutputRecord(
+            topic=self.properties.get(DEAD_LETTER_TOPIC, DEFAULT_DEAD_LETTER_TOPIC),
+            key=None,
+            value=json.dumps(body).encode(),
+            timestamp=timestamp,
+            dead_letter=True,
+        )
+
+    def punctuate(self, wall_clock_ms: int) -> list[OutputRecord]:
+        """Wall-clock work: with `survey_kit.emit.final.wall.clock`='true', close due EMIT FINAL windows."""
+        outputs = []
+        for query in self.queries.values():
+            outputs += query.punctuate(wall_clock_ms)
+        return outputs
+
+    def flush(self) -> list[OutputRecord]:
+        """Updates coalesced by the record cache (only when caching is on); call before each commit."""
+        outputs = []
+        for query in self.queries.values():
+            outputs += query.flush()
+        return outputs
+
+    # ------------------------------------------------------------ state
+
+    def drain_changes(self) -> list[tuple[str, str, str, object]]:
+        """State changes since the last call: (query id, store, encoded key, value or None)."""
+        return [(query_id, store, key, value) for query_id, query in self.queries.items() for store, key, value in query.stores.drain_changes()]
+
+    def apply_changes(self, changes) -> None:
+        """Replay changes from a changelog (as returned by `drain_changes`)."""
+        for query_id, store, key, value in changes:
+            if query_id in self.queries:
+                self.queries[query_id].stores.apply_change(store, key, value)
+
+    def snapshot(self) -> dict:
+        return {query_id: query.stores.snapshot() for query_id, query in self.queries.items()}
+
+    def restore(self, snapshot: dict) -> None:
+        for query_id, stores in snapshot.items():
+            if query_id in self.queries:
+                self.queries[query_id].stores.restore(stores)
+
+    def query_metrics(self) -> dict[str, dict[str, int]]:
+        return {query_id: query.metrics.as_dict() for query_id, query in self.queries.items()}
+
+
+__all__ = ["Engine", "EMIT_FINAL_WALL_CLOCK", "KsqlError", "OutputRecord", "StatementResult"]

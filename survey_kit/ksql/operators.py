@@ -1,0 +1,420 @@
+"""Physical operators: run one persistent query over decoded input records.
+
+The operators are pure: a record (already decoded by its source's formats)
+and the query's explicit state go in, output records come out. Nothing here
+touches Kafka; the runtime and the test drivers feed records and ship the
+outputs. All state lives in `state.Stores`, so it can be changelogged,
+snapshotted and restored.
+
+Semantics follow ksqlDB / Kafka Streams as the conformance tests pin them:
+stream time per input partition; epoch-aligned tumbling windows; records for
+windows closed by stream time - grace are dropped and counted; EMIT FINAL
+emits a window when stream time reaches its end + grace (Kafka Streams'
+emit-on-window-close, including its retention horizon); table aggregations
+retract a row's old value before adding its new one.
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+from dataclasses import dataclass, field
+from typing import Any
+
+from .expressions import evaluate_safely
+from .formats import KeyFormat, ValueFormat
+from .planner import DataSource, QueryPlan
+from .state import Stores
+
+EMIT_FINAL_WALL_CLOCK = "survey_kit.emit.final.wall.clock"
+CACHE_BYTES = "ksql.streams.cache.max.bytes.buffering"
+
+
+@dataclass
+class OutputRecord:
+    """A record to produce: `partition` None lets the producer partition by key."""
+
+    topic: str
+    key: bytes | None
+    value: bytes | None
+    timestamp: int
+    headers: tuple = ()
+    partition: int | None = None
+    dead_letter: bool = False
+
+
+@dataclass
+class InputRecord:
+    """A record read from a source topic and decoded with that source's formats."""
+
+    topic: str
+    partition: int
+    offset: int
+    timestamp: int
+    key: tuple
+    window_start: int | None
+    value: dict | None
+    headers: tuple = ()
+
+
+@dataclass
+class QueryMetrics:
+    processed: int = 0
+    emitted: int = 0
+    late_records_dropped: int = 0
+    null_key_dropped: int = 0
+    expired_windows_dropped: int = 0
+
+    def as_dict(self) -> dict[str, int]:
+        return dict(self.__dict__)
+
+
+@dataclass
+class Serdes:
+    key: KeyFormat
+    value: ValueFormat
+
+
+def _truthy(fn, row) -> bool:
+    return evaluate_safely(fn, row) is True
+
+
+class PersistentQuery:
+    """One running CREATE ... AS SELECT: its operators and its state."""
+
+    def __init__(self, plan: QueryPlan, sink_serdes: Serdes, properties: dict[str, str]):
+        self.plan = plan
+        self.sink_serdes = sink_serdes
+        self.stores = Stores()
+        self.metrics = QueryMetrics()
+        self.wall_clock_close = str(properties.get(EMIT_FINAL_WALL_CLOCK, "false")).lower() == "true"
+        self.caching = _int(properties.get(CACHE_BYTES, "0")) > 0 and not (plan.aggregation and plan.aggregation.emit_final)
+        self._cache: OrderedDict[tuple, OutputRecord] = OrderedDict()
+        self.status = "RUNNING"
+
+    @property
+    def query_id(self) -> str:
+        return self.plan.query_id
+
+    @property
+    def source_topics(self) -> list[str]:
+        return self.plan.source_topics
+
+    # ------------------------------------------------------------ entry points
+
+    def process(self, source: DataSource, record: InputRecord) -> list[OutputRecord]:
+        self.metrics.processed += 1
+        plan = self.plan
+        if plan.join and source is plan.join.table:
+            self._update_join_table(record)
+            return []
+        if plan.aggregation is None:
+            outputs = self._project_stream(record)
+        elif plan.aggregation.table_source:
+            outputs = self._aggregate_table(record)
+        elif plan.aggregation.window is None:
+            outputs = self._aggregate_stream(record)
+        else:
+            outputs = self._aggregate_windowed(record)
+        self.metrics.emitted += len(outputs)
+        if self.caching and outputs:
+            for out in outputs:
+                self._cache.pop((out.key,), None)
+                self._cache[(out.key,)] = out
+            return []
+        return outputs
+
+    def flush(self) -> list[OutputRecord]:
+        """Release updates coalesced by the record cache (call at each commit)."""
+        outputs = list(self._cache.values())
+        self._cache.clear()
+        return outputs
+
+    def punctuate(self, wall_clock_ms: int) -> list[OutputRecord]:
+        """With `survey_kit.emit.final.wall.clock` on, close EMIT FINAL windows whose end + grace has passed."""
+        agg = self.plan.aggregation
+        if not (self.wall_clock_close and agg and agg.emit_final):
+            return []
+        window = agg.window
+        close = wall_clock_ms - window.grace_ms
+        meta = self.stores.get("meta")
+        windows = self.stores.get("windows")
+        outputs = []
+        partitions = {k[0] for k, _ in windows.items()}
+        for partition in sorted(partitions):
+            due = sorted(
+                ((start, key), state) for (p, start, key), state in windows.items() if p == partition and start + window.size_ms <= close
+            )
+            for (start, key), state in due:
+                outputs.append(self._aggregate_output(key, state, start))
+                windows.delete((partition, start, key))
+            wall = meta.get(("wall_close", partition))
+            if wall is None or close > wall:
+                meta.put(("wall_close", partition), close)
+        self.metrics.emitted += len(outputs)
+        return outputs
+
+    # ------------------------------------------------------------ rows
+
+    def _row(self, record: InputRecord, source: DataSource, prefix: str) -> dict[str, Any]:
+        row: dict[str, Any] = {}
+        for column, value in zip(source.key_columns, record.key):
+            row[prefix + column.name] = value
+        for column in source.value_columns:
+            row[prefix + column.name] = record.value.get(column.name)
+        row[prefix + "ROWTIME"] = record.timestamp
+        row[prefix + "ROWPARTITION"] = record.partition
+        row[prefix + "ROWOFFSET"] = record.offset
+        if source.window is not None and record.window_start is not None:
+            row[prefix + "WINDOWSTART"] = record.window_start
+            row[prefix + "WINDOWEND"] = record.window_start + source.window.size_ms
+        return row
+
+    def _input_row(self, record: InputRecord) -> dict | None:
+        """The joined and filtered row of a stream record, or None when it is dropped."""
+        plan = self.plan
+        row = self._row(record, plan.source, plan.slot_prefix[plan.source_alias])
+        if plan.join:
+            join_key = evaluate_safely(plan.join.stream_key.fn, row)
+            table_row = self.stores.get("join_table").get((join_key,)) if join_key is not None else None
+            if table_row is None:
+                if plan.join.kind == "INNER":
+                    return None
+                prefix = plan.slot_prefix[plan.join.table_alias]
+                for column in plan.join.table.columns:
+                    row[prefix + column.name] = None
+            else:
+                row.update(table_row)
+        if plan.where is not None and not _truthy(plan.where.fn, row):
+            return None
+        return row
+
+    def _update_join_table(self, record: InputRecord) -> None:
+        if not record.key or record.key[0] is None:
+            self.metrics.null_key_dropped += 1
+            return
+        table = self.stores.get("join_table")
+        if record.value is None:
+            table.delete(record.key)
+            return
+        join = self.plan.join
+        row = self._row(record, join.table, self.plan.slot_prefix[join.table_alias])
+        table.put(record.key, row)
+
+    def _output(self, key: tuple, value: dict | None, timestamp: int, window_start: int | None = None) -> OutputRecord:
+        serdes = self.sink_serdes
+        return OutputRecord(
+            topic=self.plan.sink.topic,
+            key=serdes.key.serialize(key, window_start),
+            value=serdes.value.serialize(value),
+            timestamp=timestamp,
+        )
+
+    # ------------------------------------------------------------ stream projection
+
+    def _project_stream(self, record: InputRecord) -> list[OutputRecord]:
+        if record.value is None:
+            return []
+        row = self._input_row(record)
+        if row is None:
+            return []
+        plan = self.plan
+        key = tuple(evaluate_safely(k.fn, row) for k in plan.key_projection)
+        value = {c.name: evaluate_safely(f.fn, row) for c, f in zip(plan.sink.value_columns, plan.value_projection)}
+        return [self._output(key, value, record.timestamp, record.window_start)]
+
+    # ------------------------------------------------------------ aggregation
+
+    def _group_key(self, row: dict) -> tuple | None:
+        key = tuple(evaluate_safely(g.fn, row) for g in self.plan.aggregation.group_by)
+        if any(v is None for v in key):
+            return None
+        return key
+
+    def _arguments(self, row: dict) -> list:
+        return [evaluate_safely(c.argument.fn, row) if c.argument else None for c in self.plan.aggregation.calls]
+
+    def _initial(self) -> list:
+        return [c.aggregate.init() for c in self.plan.aggregation.calls]
+
+    def _add(self, states: list, args: list) -> list:
+        return [c.aggregate.add(s, a) for c, s, a in zip(self.plan.aggregation.calls, states, args)]
+
+    def _undo(self, states: list, args: list) -> list:
+        return [c.aggregate.undo(s, a) for c, s, a in zip(self.plan.aggregation.calls, states, args)]
+
+    def _aggregate_output(self, key: tuple, state: dict, window_start: int | None = None) -> OutputRecord:
+        """The sink record for an aggregate: HAVING false or NULL makes a tombstone."""
+        plan = self.plan
+        agg = plan.aggregation
+        post: dict[str, Any] = {f"__k{i}": v for i, v in enumerate(key)}
+        for j, (call, s) in enumerate(zip(agg.calls, state["aggs"])):
+            post[f"__a{j}"] = call.aggregate.result(s)
+        if window_start is not None:
+            post["WINDOWSTART"] = window_start
+            post["WINDOWEND"] = window_start + agg.window.size_ms
+        if agg.having is not None and not _truthy(agg.having.fn, post):
+            value = None
+        else:
+            value = {c.name: evaluate_safely(f.fn, post) for c, f in zip(plan.sink.value_columns, plan.value_projection)}
+        return self._output(key, value, state["ts"], window_start)
+
+    def _aggregate_stream(self, record: InputRecord) -> list[OutputRecord]:
+        if record.value is None:
+            return []
+        row = self._input_row(record)
+        if row is None:
+            return []
+        key = self._group_key(row)
+        if key is None:
+            self.metrics.null_key_dropped += 1
+            return []
+        store = self.stores.get("aggregates")
+        old = store.get(key)
+        states = old["aggs"] if old else self._initial()
+        timestamp = max(record.timestamp, old["ts"]) if old else record.timestamp
+        new = {"aggs": self._add(states, self._arguments(row)), "ts": timestamp}
+        store.put(key, new)
+        return [self._aggregate_output(key, new)]
+
+    def _aggregate_table(self, record: InputRecord) -> list[OutputRecord]:
+        plan = self.plan
+        if not record.key or any(v is None for v in record.key):
+            self.metrics.null_key_dropped += 1
+            return []
+        table = self.stores.get("source_table")
+        old_row = table.get(record.key)
+        new_row = None
+        if record.value is not None:
+            new_row = self._row(record, plan.source, plan.slot_prefix[plan.source_alias])
+            table.put(record.key, new_row)
+        else:
+            table.delete(record.key)
+
+        def pair(row):
+            if row is None or (plan.where is not None and not _truthy(plan.where.fn, row)):
+                return None
+            key = self._group_key(row)
+            return None if key is None else (key, self._arguments(row))
+
+        old_pair, new_pair = pair(old_row), pair(new_row)
+        store = self.stores.get("aggregates")
+        outputs = []
+
+        def apply(key, subtract, add):
+            current = store.get(key)
+            states = current["aggs"] if current else self._initial()
+            timestamp = max(record.timestamp, current["ts"]) if current else record.timestamp
+            if subtract is not None and current is not None:
+                states = self._undo(states, subtract)
+            if add is not None:
+                states = self._add(states, add)
+            new = {"aggs": states, "ts": timestamp}
+            store.put(key, new)
+            outputs.append(self._aggregate_output(key, new))
+
+        if old_pair and new_pair and old_pair[0] == new_pair[0]:
+            apply(new_pair[0], old_pair[1], new_pair[1])
+        else:
+            if old_pair:
+                apply(old_pair[0], old_pair[1], None)
+            if new_pair:
+                apply(new_pair[0], None, new_pair[1])
+        return outputs
+
+    def _aggregate_windowed(self, record: InputRecord) -> list[OutputRecord]:
+        if record.value is None:
+            return []
+        row = self._input_row(record)
+        if row is None:
+            return []
+        key = self._group_key(row)
+        if key is None:
+            self.metrics.null_key_dropped += 1
+            return []
+        agg = self.plan.aggregation
+        window = agg.window
+        meta = self.stores.get("meta")
+        windows = self.stores.get("windows")
+        partition = record.partition
+        stream_time = max(meta.get(("stream_time", partition), record.timestamp), record.timestamp)
+        meta.put(("stream_time", partition), stream_time)
+        close = stream_time - window.grace_ms
+        wall_close = meta.get(("wall_close", partition))
+        start = record.timestamp - record.timestamp % window.size_ms
+        end = start + window.size_ms
+        outputs = []
+        if end > close and (wall_close is None or end > wall_close):
+            store_key = (partition, start, key)
+            old = windows.get(store_key)
+            states = old["aggs"] if old else self._initial()
+            timestamp = max(record.timestamp, old["ts"]) if old else record.timestamp
+            new = {"aggs": self._add(states, self._arguments(row)), "ts": timestamp}
+            windows.put(store_key, new)
+            max_start = meta.get(("max_start", partition))
+            if max_start is None or start > max_start:
+                meta.put(("max_start", partition), start)
+            if not agg.emit_final:
+                outputs.append(self._aggregate_output(key, new, start))
+        else:
+            self.metrics.late_records_dropped += 1
+        if agg.emit_final:
+            outputs += self._emit_closed_windows(partition, close)
+        else:
+            self._expire_windows(partition, close)
+        return outputs
+
+    def _expire_windows(self, partition: int, close: int) -> None:
+        """Forget windows that can no longer change (end <= stream time - grace)."""
+        windows = self.stores.get("windows")
+        size = self.plan.aggregation.window.size_ms
+        for store_key, _ in windows.items():
+            if store_key[0] == partition and store_key[1] + size <= close:
+                windows.delete(store_key)
+
+    def _emit_closed_windows(self, partition: int, close: int) -> list[OutputRecord]:
+        """Kafka Streams' emit-on-window-close for tumbling windows, per input partition.
+
+        A window is emitted once stream time - grace reaches its end, in order of
+        window start then key. As in Kafka Streams, windows older than the store's
+        retention (size + grace behind the newest window) are dropped unemitted
+        when stream time jumps past them.
+        """
+        window = self.plan.aggregation.window
+        size = window.size_ms
+        meta = self.stores.get("meta")
+        windows = self.stores.get("windows")
+        last_emit = meta.get(("last_emit_close", partition))
+        if last_emit is not None and last_emit >= close:
+            return []
+        upper = close - size
+        if upper < 0:
+            return []
+        lower = 0 if last_emit is None else max(0, last_emit - size) + 1
+        if last_emit is not None and upper // size == (lower - 1) // size:
+            return []
+        max_start = meta.get(("max_start", partition), 0)
+        horizon = max_start - size - window.grace_ms
+        due = []
+        for store_key, state in windows.items():
+            p, start, key = store_key
+            if p != partition:
+                continue
+            if start < horizon:
+                windows.delete(store_key)
+                self.metrics.expired_windows_dropped += 1
+            elif lower <= start <= upper:
+                due.append((start, self.sink_serdes.key.serialize(key) or b"", key, state, store_key))
+        due.sort(key=lambda d: (d[0], d[1]))
+        outputs = []
+        for start, _, key, state, store_key in due:
+            outputs.append(self._aggregate_output(key, state, start))
+            windows.delete(store_key)
+        meta.put(("last_emit_close", partition), close)
+        return outputs
+
+
+def _int(text) -> int:
+    try:
+        return int(str(text))
+    except ValueError:
+        return 0
