@@ -145,7 +145,7 @@ class PersistentQuery:
                 ((start, key), state) for (p, start, key), state in windows.items() if p == partition and start + window.size_ms <= close
             )
             for (start, key), state in due:
-                outputs.append(self._aggregate_output(key, state, start))
+                outputs += _present([self._aggregate_output(tuple(state["key"]), state, start)])
                 windows.delete((partition, start, key))
             wall = meta.get(("wall_close", partition))
             if wall is None or close > wall:
@@ -242,17 +242,34 @@ class PersistentQuery:
     def _undo(self, states: list, args: list) -> list:
         return [c.aggregate.undo(s, a) for c, s, a in zip(self.plan.aggregation.calls, states, args)]
 
-    def _aggregate_output(self, key: tuple, state: dict, window_start: int | None = None) -> OutputRecord:
-        """The sink record for an aggregate: HAVING false or NULL makes a tombstone."""
-        plan = self.plan
-        agg = plan.aggregation
+    def _post_row(self, key: tuple, state: dict, window_start: int | None) -> dict[str, Any]:
+        agg = self.plan.aggregation
         post: dict[str, Any] = {f"__k{i}": v for i, v in enumerate(key)}
         for j, (call, s) in enumerate(zip(agg.calls, state["aggs"])):
             post[f"__a{j}"] = call.aggregate.result(s)
         if window_start is not None:
             post["WINDOWSTART"] = window_start
             post["WINDOWEND"] = window_start + agg.window.size_ms
-        if agg.having is not None and not _truthy(agg.having.fn, post):
+        return post
+
+    def _passes_having(self, key: tuple, state: dict | None, window_start: int | None = None) -> bool:
+        having = self.plan.aggregation.having
+        if state is None:
+            return False
+        return having is None or _truthy(having.fn, self._post_row(key, state, window_start))
+
+    def _aggregate_output(self, key: tuple, state: dict, window_start: int | None = None, old: dict | None = None) -> OutputRecord | None:
+        """The sink record for an aggregate update.
+
+        When HAVING rejects the new value, a tombstone retracts the key if its
+        previous value was in the table, and nothing is written otherwise (as
+        ksqlDB's table filter does).
+        """
+        plan = self.plan
+        post = self._post_row(key, state, window_start)
+        if plan.aggregation.having is not None and not _truthy(plan.aggregation.having.fn, post):
+            if not self._passes_having(key, old, window_start):
+                return None
             value = None
         else:
             value = {c.name: evaluate_safely(f.fn, post) for c, f in zip(plan.sink.value_columns, plan.value_projection)}
@@ -269,12 +286,12 @@ class PersistentQuery:
             self.metrics.null_key_dropped += 1
             return []
         store = self.stores.get("aggregates")
-        old = store.get(key)
+        old = store.get(_hashable(key))
         states = old["aggs"] if old else self._initial()
         timestamp = max(record.timestamp, old["ts"]) if old else record.timestamp
-        new = {"aggs": self._add(states, self._arguments(row)), "ts": timestamp}
-        store.put(key, new)
-        return [self._aggregate_output(key, new)]
+        new = {"aggs": self._add(states, self._arguments(row)), "ts": timestamp, "key": list(key)}
+        store.put(_hashable(key), new)
+        return _present([self._aggregate_output(key, new, old=old)])
 
     def _aggregate_table(self, record: InputRecord) -> list[OutputRecord]:
         plan = self.plan
@@ -301,16 +318,16 @@ class PersistentQuery:
         outputs = []
 
         def apply(key, subtract, add):
-            current = store.get(key)
+            current = store.get(_hashable(key))
             states = current["aggs"] if current else self._initial()
             timestamp = max(record.timestamp, current["ts"]) if current else record.timestamp
             if subtract is not None and current is not None:
                 states = self._undo(states, subtract)
             if add is not None:
                 states = self._add(states, add)
-            new = {"aggs": states, "ts": timestamp}
-            store.put(key, new)
-            outputs.append(self._aggregate_output(key, new))
+            new = {"aggs": states, "ts": timestamp, "key": list(key)}
+            store.put(_hashable(key), new)
+            outputs.append(self._aggregate_output(key, new, old=current))
 
         if old_pair and new_pair and old_pair[0] == new_pair[0]:
             apply(new_pair[0], old_pair[1], new_pair[1])
@@ -319,7 +336,7 @@ class PersistentQuery:
                 apply(old_pair[0], old_pair[1], None)
             if new_pair:
                 apply(new_pair[0], None, new_pair[1])
-        return outputs
+        return _present(outputs)
 
     def _aggregate_windowed(self, record: InputRecord) -> list[OutputRecord]:
         if record.value is None:
@@ -344,24 +361,24 @@ class PersistentQuery:
         end = start + window.size_ms
         outputs = []
         if end > close and (wall_close is None or end > wall_close):
-            store_key = (partition, start, key)
+            store_key = (partition, start, _hashable(key))
             old = windows.get(store_key)
             states = old["aggs"] if old else self._initial()
             timestamp = max(record.timestamp, old["ts"]) if old else record.timestamp
-            new = {"aggs": self._add(states, self._arguments(row)), "ts": timestamp}
+            new = {"aggs": self._add(states, self._arguments(row)), "ts": timestamp, "key": list(key)}
             windows.put(store_key, new)
             max_start = meta.get(("max_start", partition))
             if max_start is None or start > max_start:
                 meta.put(("max_start", partition), start)
             if not agg.emit_final:
-                outputs.append(self._aggregate_output(key, new, start))
+                outputs.append(self._aggregate_output(key, new, start, old=old))
         else:
             self.metrics.late_records_dropped += 1
         if agg.emit_final:
             outputs += self._emit_closed_windows(partition, close)
         else:
             self._expire_windows(partition, close)
-        return outputs
+        return _present(outputs)
 
     def _expire_windows(self, partition: int, close: int) -> None:
         """Forget windows that can no longer change (end <= stream time - grace)."""
@@ -396,7 +413,8 @@ class PersistentQuery:
         horizon = max_start - size - window.grace_ms
         due = []
         for store_key, state in windows.items():
-            p, start, key = store_key
+            p, start, _ = store_key
+            key = tuple(state["key"])
             if p != partition:
                 continue
             if start < horizon:
@@ -410,7 +428,26 @@ class PersistentQuery:
             outputs.append(self._aggregate_output(key, state, start))
             windows.delete(store_key)
         meta.put(("last_emit_close", partition), close)
-        return outputs
+        return _present(outputs)
+
+
+def _present(outputs: list) -> list[OutputRecord]:
+    return [o for o in outputs if o is not None]
+
+
+def _hashable(key: tuple) -> tuple:
+    """A store key for a group key whose parts may be STRUCT/MAP/ARRAY values."""
+    if all(not isinstance(v, (dict, list)) for v in key):
+        return key
+
+    def freeze(v):
+        if isinstance(v, dict):
+            return tuple(sorted((k, freeze(x)) for k, x in v.items()))
+        if isinstance(v, list):
+            return tuple(freeze(x) for x in v)
+        return v
+
+    return tuple(freeze(v) for v in key)
 
 
 def _int(text) -> int:

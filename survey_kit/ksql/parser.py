@@ -148,7 +148,7 @@ def _describe_syntax_error(exc: UnexpectedInput, statement: StatementText) -> st
         return f"Unsupported statement '{first_word}' at {where}: the engine runs CREATE, DROP, SET, UNSET, DEFINE, UNDEFINE, SHOW, LIST, DESCRIBE and TERMINATE."
     context = statement.text.splitlines()[exc.line - 1] if statement.text.splitlines() else ""
     return (
-        f"Syntax error or unsupported construct at {where}: unexpected '{found}' in {first_word} statement "
+        f"Syntax Error or unsupported construct at {where}: unexpected '{found}' in {first_word} statement "
         f"(near: {context.strip()[:80]!r})."
     )
 

@@ -309,7 +309,7 @@ def _expand_select(query: ast.Query, scope: Scope, aliases_in_join: bool) -> lis
                 continue
             if column.name in ("WINDOWSTART", "WINDOWEND"):
                 continue
-            ref = ast.ColumnRef(column.name, column.source)
+            ref = ast.ColumnRef(column.name, column.source if aliases_in_join else None)
             items.append((ref, f"{column.source}_{column.name}" if aliases_in_join else column.name))
     return items
 
@@ -429,14 +429,11 @@ def _join_key_text(query: ast.Query, scope: Scope) -> str:
 
 
 def _check_duplicates(value_columns: list[Column], key_columns: list[Column]) -> None:
-    seen: set[str] = set()
+    seen: set[str] = {c.name for c in key_columns}
     for column in value_columns:
         if column.name in seen:
             raise KsqlError(f"Duplicate value columns found in schema: `{column.name}` {_type_text(column.type)}")
         seen.add(column.name)
-    for column in key_columns:
-        if column.name in seen:
-            raise KsqlError(f"Duplicate value columns found in schema: `{column.name}` {_type_text(column.type)}")
 
 
 def _type_text(sql_type: SqlType) -> str:
@@ -483,8 +480,16 @@ def _plan_aggregation(statement, query_id, left, query, scope, items, where, joi
             raise KsqlError(f"Non-aggregate SELECT expression(s) not part of GROUP BY: {', '.join(e.sql() for e in non_agg)}\nEither add the column(s) to the GROUP BY or remove them from the SELECT.")
         rendered = ", ".join(f"{c.name}(ROWTIME)" if c.star or not c.args else c.sql() for c in calls)
         raise KsqlError(f"CREATE TABLE AS SELECT statement does not support aggregate function [{rendered}] without a GROUP BY clause.")
+    _check_functions_exist([e for e, _ in items] + group_by + ([query.having] if query.having is not None else []))
     seen_groups = set()
     for g in group_by:
+        if isinstance(g, ast.ColumnRef):
+            column = scope.resolve(g)
+            canonical = ast.ColumnRef(column.name, column.source)
+            if canonical in seen_groups:
+                raise KsqlError(f"Duplicate GROUP BY expression: {column.source}.{column.name}")
+            seen_groups.add(canonical)
+            continue
         if contains_aggregate(g):
             name = next(e.name for e in ast.walk(g) if isinstance(e, ast.FunctionCall) and is_aggregate(e.name))
             raise KsqlError(f"GROUP BY does not support aggregate functions: {name} is an aggregate function.")
@@ -522,7 +527,7 @@ def _plan_aggregation(statement, query_id, left, query, scope, items, where, joi
             call_slots[node] = (f"__a{len(calls)}", aggregate.result_type())
             calls.append(AggregateCall(aggregate, argument, node))
     if left.kind == "TABLE":
-        bad = sorted({c.aggregate.name for c in calls if not c.aggregate.supports_undo})
+        bad = list(dict.fromkeys(c.aggregate.name for c in calls if not c.aggregate.supports_undo))
         if bad:
             raise KsqlError(f"The aggregation functions {_join_names(bad)} cannot be applied to a table source, only to a stream source.")
 
@@ -589,6 +594,15 @@ def _plan_aggregation(statement, query_id, left, query, scope, items, where, joi
     sink = _make_sink(statement, topic, key_columns, value_columns, key_format, value_format, left, window=window)
     aggregation = AggregationPlan(group_compiled, calls, window, query.emit == "FINAL", having, left.kind == "TABLE")
     return QueryPlan(query_id, sink, left, query.source.alias, join_plan, where, key_projection, value_projection, aggregation, prefix)
+
+
+def _check_functions_exist(exprs: list[ast.Expr]) -> None:
+    from .functions import scalar_function
+
+    for expr in exprs:
+        for node in ast.walk(expr):
+            if isinstance(node, ast.FunctionCall) and not is_aggregate(node.name):
+                scalar_function(node.name, len(node.args))
 
 
 class _NotGrouped(Exception):
