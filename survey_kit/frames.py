@@ -1,0 +1,503 @@
+"""Kafka topics as pandas DataFrames: read a whole topic or a time range, or tail it live.
+
+>>> entries = read_topic(cluster, cluster.topics.entries)               # every survey entry
+>>> today = read_topic(cluster, cluster.topics.entries, start="2026-11-25", end="2026-11-26")
+>>> final = read_topic(cluster, cluster.topics.results_final, windowed=True, window_size="48h")
+>>> with tail(cluster, cluster.topics.entries) as rows:              # new entries as they arrive
+...     for batch in rows: print(len(batch))
+
+A frame has one row per record and these columns:
+
+- ``key``: the record key as text (``None`` for a null key); with ``windowed=True`` the key without its
+  window, plus ``window_start`` and, when ``window_size`` is given, ``window_end`` (UTC datetimes)
+- one column per field of the Avro value, named as in the schema (ksqlDB uppercases its names, e.g.
+  ``RESULTS``); a field whose name clashes with a column below is prefixed ``value_``
+- ``timestamp`` (UTC datetime) and ``timestamp_ms`` (the raw Kafka timestamp), ``partition``, ``offset``
+- ``entry_id`` (the header the survey bot writes; ``None`` when absent) and ``headers`` (all headers as a
+  dict of text, ``None`` when the record has none)
+- ``tombstone``: the record has a null value (a deletion on a compacted topic); its value columns are empty
+
+Rows are ordered by partition, then offset. Records that cannot be decoded (not the registry's wire
+format, unknown schema id, corrupt Avro, a windowed key too short) are not dropped silently: they are
+listed in ``frame.attrs["errors"]`` (see :func:`errors_frame`), counted in ``frame.attrs["error_count"]``,
+and a warning says how many there were; ``on_error="raise"`` stops at the first one instead.
+
+Values are decoded with fastavro's schemaless reader straight from the bytes after the 5-byte header,
+with the writer's schema fetched once per schema id from the registry: several times faster than
+confluent-kafka's AvroDeserializer per record (see ``benchmarks/frames.py``).
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import threading
+import time
+import warnings
+from collections.abc import Callable, Iterator
+from datetime import datetime, timedelta
+from typing import Any
+
+import fastavro
+import numpy as np
+import pandas as pd
+from confluent_kafka import OFFSET_BEGINNING, OFFSET_END, Consumer, KafkaError, KafkaException, Message, TopicPartition
+from tqdm.auto import tqdm
+
+from .cluster import Cluster
+from .consume import partitions_of
+
+__all__ = ["read_topic", "errors_frame", "tail", "TopicTail", "MalformedRecord", "ENTRY_ID_HEADER"]
+
+ENTRY_ID_HEADER = "entry_id"
+METADATA_COLUMNS = ("key", "window_start", "window_end", "timestamp", "timestamp_ms", "partition", "offset",
+                    "entry_id", "headers", "tombstone")
+ERROR_COLUMNS = ["topic", "partition", "offset", "timestamp_ms", "key", "error"]
+
+TimeLike = datetime | pd.Timestamp | str | int
+DurationLike = timedelta | pd.Timedelta | str | int
+
+
+class MalformedRecord(ValueError):
+    """A record could not be decoded; the message names its topic, partition and offset."""
+
+
+def read_topic(
+    cluster: Cluster,
+    topic: str,
+    *,
+    start: TimeLike | None = None,
+    end: TimeLike | None = None,
+    windowed: bool = False,
+    window_size: DurationLike | None = None,
+    progress: bool = True,
+    on_error: str = "collect",
+    timeout: float = 30.0,
+    batch_size: int = 10_000,
+) -> pd.DataFrame:
+    """Every record of ``topic`` as it is when reading starts, or those with a timestamp in [start, end).
+
+    ``start``/``end`` are datetimes, ISO strings (UTC unless they say otherwise) or epoch milliseconds.
+    The range is decided by each record's own timestamp, so out-of-order records are found wherever they
+    are in the log. ``windowed=True`` decodes Kafka Streams time-windowed keys (ksqlDB's windowed tables);
+    ``window_size`` (e.g. ``"48h"``) adds ``window_end``. ``progress`` shows a tqdm bar when a read takes
+    more than a second. ``timeout`` bounds how long it waits for Kafka without receiving anything.
+    """
+    if on_error not in ("collect", "raise"):
+        raise ValueError(f"on_error must be 'collect' or 'raise', not {on_error!r}")
+    start_ms = _epoch_ms(start, "start") if start is not None else None
+    end_ms = _epoch_ms(end, "end") if end is not None else None
+    if start_ms is not None and end_ms is not None and end_ms <= start_ms:
+        raise ValueError(f"the time range is empty: end ({end}) must be after start ({start})")
+    builder = _RowBuilder(cluster, topic, windowed=windowed, window_size=window_size, raise_errors=on_error == "raise")
+    consumer = Consumer(cluster.consumer_config(**{"enable.partition.eof": True, "fetch.wait.max.ms": 100}))
+    try:
+        starts = _start_offsets(cluster, consumer, topic, start_ms)
+        bar = tqdm(total=_estimated_records(consumer, topic, starts), desc=topic, unit=" records",
+                   disable=not progress, delay=1.0, leave=False)
+        with bar:
+            for messages in _consume_to_end(consumer, topic, starts, batch_size, timeout, cluster.bootstrap_servers):
+                builder.add(messages, start_ms, end_ms)
+                bar.update(len(messages))
+    finally:
+        consumer.close()
+    return builder.frame(warn=True)
+
+
+def errors_frame(frame: pd.DataFrame) -> pd.DataFrame:
+    """The records :func:`read_topic` (or a tail) could not decode: topic, partition, offset, timestamp_ms,
+    key (raw bytes) and error."""
+    return pd.DataFrame(list(frame.attrs.get("errors", [])), columns=ERROR_COLUMNS)
+
+
+def tail(cluster: Cluster, topic: str, **options: Any) -> TopicTail:
+    """A :class:`TopicTail` of ``topic``: iterate it (or ``start()`` it in a thread) to get new rows."""
+    return TopicTail(cluster, topic, **options)
+
+
+class TopicTail:
+    """New records of a topic as small DataFrames (columns as :func:`read_topic`), as they arrive.
+
+    >>> with TopicTail(cluster, "survey-entries", idle_timeout=60) as rows:
+    ...     for batch in rows:              # ends on stop(), or after 60 s without a record
+    ...         update_chart(batch)
+
+    >>> live = TopicTail(cluster, "survey-results-live", from_beginning=True)
+    >>> live.start(on_rows=handle)          # a background thread calls handle(batch) per batch
+    >>> live.stop()                         # returns once the thread has ended and the consumer is closed
+
+    It starts at the end of the topic (records written after it started), or at the beginning with
+    ``from_beginning=True``. Nothing blocks longer than ``poll_timeout`` seconds, so ``stop()`` takes
+    effect quickly and :meth:`poll` can be called from a loop that also does other work. Records that do
+    not decode are kept in ``errors`` (a list of dicts, as in :func:`errors_frame`).
+    """
+
+    def __init__(
+        self,
+        cluster: Cluster,
+        topic: str,
+        *,
+        from_beginning: bool = False,
+        windowed: bool = False,
+        window_size: DurationLike | None = None,
+        poll_timeout: float = 0.5,
+        idle_timeout: float | None = None,
+        batch_size: int = 1_000,
+    ):
+        self.topic = topic
+        self.poll_timeout = poll_timeout
+        self.idle_timeout = idle_timeout
+        self.batch_size = batch_size
+        self.errors: list[dict[str, Any]] = []
+        self._cluster = cluster
+        self._windowed = windowed
+        self._window_size = window_size
+        self._stopped = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._lock = threading.Lock()
+        partitions = partitions_of(cluster, topic)
+        self._consumer: Consumer | None = Consumer(cluster.consumer_config(**{"enable.partition.eof": True}))
+        # Starting "at the end" resolves the end through the listed high watermark, which the embedded
+        # broker reports too early; records before each partition's first end-of-partition event are
+        # therefore skipped, which is right on any broker.
+        position = OFFSET_BEGINNING if from_beginning else OFFSET_END
+        self._skipping = set() if from_beginning else set(partitions)
+        self._consumer.assign([TopicPartition(topic, p, position) for p in partitions])
+
+    def poll(self, timeout: float | None = None) -> pd.DataFrame:
+        """The records that arrived within ``timeout`` seconds (default ``poll_timeout``); maybe none."""
+        with self._lock:
+            if self._consumer is None:
+                raise RuntimeError(f"the tail of {self.topic!r} is stopped")
+            messages = self._consumer.consume(self.batch_size, self.poll_timeout if timeout is None else timeout)
+            builder = _RowBuilder(self._cluster, self.topic, windowed=self._windowed, window_size=self._window_size)
+            records = []
+            for message in messages:
+                error = message.error()
+                if error is not None:
+                    if error.code() == KafkaError._PARTITION_EOF:
+                        self._skipping.discard(message.partition())
+                        continue
+                    raise KafkaException(error)
+                if message.partition() not in self._skipping:
+                    records.append(message)
+            builder.add(records)
+            batch = builder.frame(warn=False)
+            self.errors.extend(batch.attrs["errors"])
+            return batch
+
+    def __iter__(self) -> Iterator[pd.DataFrame]:
+        """Non-empty batches until :meth:`stop` is called or ``idle_timeout`` passes without records."""
+        idle_since = time.monotonic()
+        try:
+            while not self._stopped.is_set():
+                batch = self.poll()
+                if len(batch):
+                    idle_since = time.monotonic()
+                    yield batch
+                elif self.idle_timeout is not None and time.monotonic() - idle_since >= self.idle_timeout:
+                    return
+        finally:
+            self.close()
+
+    def start(self, on_rows: Callable[[pd.DataFrame], None], on_error: Callable[[BaseException], None] | None = None) -> TopicTail:
+        """Call ``on_rows(batch)`` for each batch in a background thread until :meth:`stop`.
+
+        An exception (from Kafka or from ``on_rows``) ends the thread; it goes to ``on_error`` if given,
+        else it is kept in ``self.failure``.
+        """
+        if self._thread is not None:
+            raise RuntimeError(f"the tail of {self.topic!r} is already running in a thread")
+        self.failure: BaseException | None = None
+
+        def run() -> None:
+            try:
+                for batch in self:
+                    on_rows(batch)
+            except BaseException as exc:  # handed to the caller: a thread has nowhere to raise to
+                self.failure = exc
+                if on_error is not None:
+                    on_error(exc)
+
+        self._thread = threading.Thread(target=run, name=f"tail-{self.topic}", daemon=True)
+        self._thread.start()
+        return self
+
+    def stop(self, timeout: float = 10.0) -> None:
+        """Stop iterating (within ``poll_timeout``) and close the consumer; joins the thread if started."""
+        self._stopped.set()
+        if self._thread is not None and self._thread is not threading.current_thread():
+            self._thread.join(timeout)
+            if self._thread.is_alive():
+                raise TimeoutError(f"the tail of {self.topic!r} did not stop within {timeout} s")
+        self.close()
+
+    def close(self) -> None:
+        with self._lock:
+            if self._consumer is not None:
+                self._consumer.close()
+                self._consumer = None
+
+    @property
+    def running(self) -> bool:
+        return self._thread is not None and self._thread.is_alive()
+
+    def __enter__(self) -> TopicTail:
+        return self
+
+    def __exit__(self, *exc_info: Any) -> None:
+        self.stop()
+
+
+# --- reading -------------------------------------------------------------------------------------
+
+
+def _start_offsets(cluster: Cluster, consumer: Consumer, topic: str, start_ms: int | None) -> dict[int, int]:
+    """Where each partition's read starts: the beginning, or for a time range on a real Kafka cluster the
+    first offset at or after ``start`` (Kafka guarantees every earlier record is older than ``start``).
+
+    The embedded broker answers offsets_for_times wrongly (see tests/test_broker_quirks.py), so there the
+    read starts at the beginning and the timestamp filter alone decides; seeking is only an optimisation.
+    """
+    partitions = partitions_of(cluster, topic)
+    if start_ms is None or cluster.embedded:
+        return {p: OFFSET_BEGINNING for p in partitions}
+    found = consumer.offsets_for_times([TopicPartition(topic, p, start_ms) for p in partitions], timeout=10)
+    # -1: no record at or after start in that partition, so nothing of the range is there.
+    return {tp.partition: (tp.offset if tp.offset >= 0 else OFFSET_END) for tp in found}
+
+
+def _estimated_records(consumer: Consumer, topic: str, starts: dict[int, int]) -> int | None:
+    """A total for the progress bar only: the listed high watermark is low on the embedded broker."""
+    total = 0
+    try:
+        for partition, offset in starts.items():
+            low, high = consumer.get_watermark_offsets(TopicPartition(topic, partition), timeout=5)
+            total += max(0, high - (low if offset < 0 else offset))
+    except KafkaException:
+        return None
+    return total
+
+
+def _consume_to_end(
+    consumer: Consumer, topic: str, starts: dict[int, int], batch_size: int, timeout: float, servers: str
+) -> Iterator[list[Message]]:
+    """Batches of records from ``starts`` to each partition's end.
+
+    The end rule is survey_kit.consume.read_messages': a partition is done at its end-of-partition event,
+    never at the listed high watermark. This variant starts at given offsets and consumes in batches
+    (consume() is much faster than poll() per record).
+    """
+    consumer.assign([TopicPartition(topic, p, offset) for p, offset in starts.items()])
+    open_partitions = set(starts)
+    last_received = time.monotonic()
+    while open_partitions:
+        messages = consumer.consume(batch_size, 0.5)
+        if not messages:
+            if time.monotonic() - last_received >= timeout:
+                raise TimeoutError(
+                    f"no end of {topic!r} after {timeout:.0f} s without records: is Kafka at {servers} up?"
+                )
+            continue
+        last_received = time.monotonic()
+        records = []
+        for message in messages:
+            error = message.error()
+            if error is None:
+                records.append(message)
+            elif error.code() == KafkaError._PARTITION_EOF:
+                open_partitions.discard(message.partition())
+            else:
+                raise KafkaException(error)
+        yield records
+
+
+# --- decoding ------------------------------------------------------------------------------------
+
+
+class _RowBuilder:
+    """Decodes records into column lists and builds the frame at the end."""
+
+    def __init__(self, cluster: Cluster, topic: str, *, windowed: bool = False,
+                 window_size: DurationLike | None = None, raise_errors: bool = False):
+        self.topic = topic
+        self.registry = cluster.registry()
+        self.windowed = windowed
+        self.window_ms = _duration_ms(window_size, "window_size") if window_size is not None else None
+        if self.window_ms is not None and not windowed:
+            raise ValueError("window_size only applies to windowed keys: pass windowed=True as well")
+        self.raise_errors = raise_errors
+        self.keys: list[str | None] = []
+        self.window_starts: list[int] = []
+        self.timestamps: list[int] = []
+        self.partitions: list[int] = []
+        self.offsets: list[int] = []
+        self.headers: list[list | None] = []
+        self.values: list[tuple | None] = []  # one tuple per record, in its schema's field order
+        self.value_fields: list[tuple[str, ...]] = []  # the field names of each row's tuple
+        self.errors: list[dict[str, Any]] = []
+        self._schemas: dict[int, tuple[Any, tuple[str, ...], bool] | str] = {}  # id -> schema or error text
+
+    def add(self, messages: list[Message], start_ms: int | None = None, end_ms: int | None = None) -> None:
+        reader = fastavro.schemaless_reader
+        schemas = self._schemas
+        for message in messages:
+            timestamp = message.timestamp()[1]
+            if (start_ms is not None and timestamp < start_ms) or (end_ms is not None and timestamp >= end_ms):
+                continue
+            raw_key = message.key()
+            try:
+                if self.windowed:
+                    key, window_start = _split_windowed_key(raw_key)
+                else:
+                    key = raw_key.decode() if raw_key is not None else None
+                value = message.value()
+                if value is None:
+                    fields, row = (), None
+                else:
+                    if len(value) < 5 or value[0] != 0:
+                        raise ValueError("not in the Schema Registry wire format (magic byte 0, schema id, Avro)")
+                    schema_id = int.from_bytes(value[1:5], "big")
+                    schema = schemas.get(schema_id) or self._fetch_schema(schema_id)
+                    if isinstance(schema, str):
+                        raise ValueError(schema)
+                    parsed, fields, is_record = schema
+                    buffer = io.BytesIO(value)
+                    buffer.seek(5)
+                    decoded = reader(buffer, parsed, None)
+                    row = tuple(decoded.values()) if is_record else (decoded,)
+            except Exception as exc:  # UnicodeDecodeError, Avro errors of several types, ValueError above
+                self._failed(message, exc)
+                continue
+            if self.windowed:
+                self.window_starts.append(window_start)
+            self.keys.append(key)
+            self.timestamps.append(timestamp)
+            self.partitions.append(message.partition())
+            self.offsets.append(message.offset())
+            self.headers.append(message.headers())
+            self.values.append(row)
+            self.value_fields.append(fields)
+
+    def _fetch_schema(self, schema_id: int) -> tuple[Any, tuple[str, ...], bool] | str:
+        try:
+            schema = self.registry.get_schema(schema_id)
+            parsed = fastavro.parse_schema(json.loads(schema.schema_str))
+        except Exception as exc:
+            entry: Any = f"schema id {schema_id} is not usable from the registry: {exc}"
+        else:
+            is_record = isinstance(parsed, dict) and parsed.get("type") == "record"
+            fields = tuple(f["name"] for f in parsed["fields"]) if is_record else ("value",)
+            entry = (parsed, fields, is_record)
+        self._schemas[schema_id] = entry
+        return entry
+
+    def _failed(self, message: Message, exc: Exception) -> None:
+        where = f"{self.topic}[{message.partition()}]@{message.offset()}"
+        if self.raise_errors:
+            raise MalformedRecord(f"record {where} cannot be decoded: {exc}") from exc
+        self.errors.append({"topic": self.topic, "partition": message.partition(), "offset": message.offset(),
+                            "timestamp_ms": message.timestamp()[1], "key": message.key(),
+                            "error": f"{type(exc).__name__}: {exc}"})
+
+    def frame(self, warn: bool) -> pd.DataFrame:
+        columns: dict[str, Any] = {"key": self.keys}
+        if self.windowed:
+            starts = np.asarray(self.window_starts, dtype="int64")
+            columns["window_start"] = _utc(starts)
+            if self.window_ms is not None:
+                columns["window_end"] = _utc(starts + self.window_ms)
+        values = self._value_frame()
+        for name in values.columns:
+            columns[f"value_{name}" if name in METADATA_COLUMNS else name] = values[name].to_numpy()
+        timestamps = np.asarray(self.timestamps, dtype="int64")
+        columns["timestamp"] = _utc(timestamps)
+        columns["timestamp_ms"] = timestamps
+        columns["partition"] = np.asarray(self.partitions, dtype="int32")
+        columns["offset"] = np.asarray(self.offsets, dtype="int64")
+        headers = [_header_dict(h) if h else None for h in self.headers]
+        columns["entry_id"] = [h.get(ENTRY_ID_HEADER) if h else None for h in headers]
+        columns["headers"] = headers
+        columns["tombstone"] = np.fromiter((row is None for row in self.values), dtype=bool, count=len(self.values))
+        frame = pd.DataFrame(columns)
+        if frame["partition"].nunique() > 1:
+            frame = frame.sort_values(["partition", "offset"], kind="stable", ignore_index=True)
+        frame.attrs["topic"] = self.topic
+        frame.attrs["errors"] = self.errors
+        frame.attrs["error_count"] = len(self.errors)
+        if warn and self.errors:
+            first = self.errors[0]
+            warnings.warn(
+                f"{len(self.errors)} record(s) of {self.topic!r} could not be decoded and are not in the frame "
+                f"(first: partition {first['partition']} offset {first['offset']}: {first['error']}); "
+                "see survey_kit.frames.errors_frame(frame)",
+                stacklevel=3,
+            )
+        return frame
+
+    def _value_frame(self) -> pd.DataFrame:
+        schemas = {fields for fields in self.value_fields if fields}
+        if len(schemas) <= 1:
+            names = list(next(iter(schemas), ()))
+            width = len(names)
+            empty = (None,) * width
+            rows = [row if row is not None else empty for row in self.values]
+            return pd.DataFrame(rows, columns=names) if rows else pd.DataFrame(columns=names)
+        # Several writer schemas (the schema evolved): one column per field name seen, in order of first use.
+        return pd.DataFrame.from_records(
+            [dict(zip(fields, row)) if row is not None else {} for fields, row in zip(self.value_fields, self.values)]
+        )
+
+
+def _split_windowed_key(raw: bytes | None) -> tuple[str, int]:
+    """A Kafka Streams time-windowed key: the key's bytes, then the window start as 8 bytes big-endian."""
+    if raw is None or len(raw) < 8:
+        raise ValueError(f"a windowed key has at least 8 bytes (the window start); got {raw!r}")
+    return raw[:-8].decode(), int.from_bytes(raw[-8:], "big", signed=True)
+
+
+def _header_dict(headers: list[tuple[str, bytes | None]]) -> dict[str, Any]:
+    decoded: dict[str, Any] = {}
+    for name, value in headers:
+        if value is not None:
+            try:
+                value = value.decode()
+            except UnicodeDecodeError:
+                pass  # binary headers stay bytes
+        decoded[name] = value
+    return decoded
+
+
+def _utc(epoch_ms: np.ndarray) -> pd.DatetimeIndex:
+    return pd.to_datetime(epoch_ms, unit="ms", utc=True)
+
+
+def _epoch_ms(value: TimeLike, what: str) -> int:
+    """Epoch milliseconds of a datetime, an ISO string (UTC unless it names a zone) or epoch ms."""
+    if isinstance(value, bool):
+        raise TypeError(f"{what} must be a datetime, an ISO date string or epoch milliseconds, not {value!r}")
+    if isinstance(value, (int, np.integer)):
+        return int(value)
+    try:
+        stamp = pd.Timestamp(value)
+    except (ValueError, TypeError) as exc:
+        raise ValueError(f"{what}={value!r} is not a time: give a datetime, an ISO string or epoch ms ({exc})") from None
+    if stamp is pd.NaT:
+        raise ValueError(f"{what} is not a time (NaT)")
+    if stamp.tzinfo is None:
+        stamp = stamp.tz_localize("UTC")
+    return int(stamp.timestamp() * 1000)
+
+
+def _duration_ms(value: DurationLike, what: str, allow_zero: bool = False) -> int:
+    """Milliseconds of a timedelta, a pandas duration string ("48h", "10min") or a number of ms."""
+    if isinstance(value, (int, np.integer)) and not isinstance(value, bool):
+        milliseconds = int(value)
+    else:
+        try:
+            milliseconds = int(pd.Timedelta(value) / pd.Timedelta(milliseconds=1))
+        except (ValueError, TypeError) as exc:
+            raise ValueError(f"{what}={value!r} is not a duration: give e.g. '48h', '10min' or a timedelta ({exc})") from None
+    if milliseconds < 0 or (milliseconds == 0 and not allow_zero):
+        raise ValueError(f"{what} must be {'zero or more' if allow_zero else 'positive'}, got {value!r}")
+    return milliseconds
