@@ -36,7 +36,9 @@ def bind_loopback(host: str, port: int) -> socket.socket:
 
 
 def _server(sock: socket.socket, data_dir: Path | None) -> uvicorn.Server:
-    config = uvicorn.Config(create_app(data_dir), log_level="warning", access_log=False, lifespan="on")
+    # Long polls left open by a stopped bot would otherwise hold up shutdown for their whole timeout.
+    config = uvicorn.Config(create_app(data_dir), log_level="warning", access_log=False, lifespan="on",
+                            timeout_graceful_shutdown=1)
     return uvicorn.Server(config)
 
 
