@@ -24,8 +24,8 @@ start: piece*
 piece: STRING | QUOTED | LINE_COMMENT | BLOCK_COMMENT | SEMI | OTHER
 STRING: /'([^']|'')*'/
 QUOTED: /`([^`]|``)*`/
-LINE_COMMENT: /--[^\n]*/
-BLOCK_COMMENT: /\/\*(.|\n)*?\*\//
+LINE_COMMENT.2: /--[^\n]*/
+BLOCK_COMMENT.2: /\/\*(.|\n)*?\*\//
 SEMI: ";"
 OTHER: /[^;'`\-\/]+/ | "-" | "/"
 """

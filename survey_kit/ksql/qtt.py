@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from .driver import Driver
 from .engine import Engine
 from .formats import OUTSIDE_SUBSET_FORMATS, InMemorySchemaStore, kafka_encode
 from .planner import DataSource
@@ -193,32 +194,19 @@ def _encode_input(engine: Engine, source: DataSource, record: dict) -> tuple[byt
 
 
 def _feed(engine: Engine, inputs: list[dict]) -> dict[str, list]:
-    produced: dict[str, list] = defaultdict(list)
-    offsets: dict[str, int] = defaultdict(int)
-    queue = []
+    encoded = []
     for record in inputs:
         source = _input_source(engine, record["topic"])
         try:
             key, value = _encode_input(engine, source, record)
         except ValueError as exc:
             raise _Failed(f"cannot encode input {record}: {exc}") from None
-        queue.append((record["topic"], key, value, int(record.get("timestamp", 0))))
-    read_topics = set(engine.source_topics())
-    for topic, key, value, timestamp in queue:
-        pending = [(topic, key, value, timestamp)]
-        while pending:
-            t, k, v, ts = pending.pop(0)
-            offset = offsets[t]
-            offsets[t] += 1
-            for out in engine.process(t, 0, offset, ts, k, v):
-                if out.dead_letter:
-                    continue
-                produced[out.topic].append(out)
-                if out.topic in read_topics:
-                    pending.append((out.topic, out.key, out.value, out.timestamp))
-    for out in engine.flush():
-        produced[out.topic].append(out)
-    return produced
+        encoded.append((record["topic"], key, value, int(record.get("timestamp", 0))))
+    driver = Driver(engine)
+    for topic, key, value, timestamp in encoded:
+        driver.pipe(topic, key, value, timestamp)
+    driver.commit()
+    return driver.outputs
 
 
 def _normalize(value):
