@@ -161,7 +161,8 @@ class TopicTail:
         # broker reports too early; records before each partition's first end-of-partition event are
         # therefore skipped, which is right on any broker.
         position = OFFSET_BEGINNING if from_beginning else OFFSET_END
-        self._skipping = set() if from_beginning else set(partitions)
+        self._from_beginning = from_beginning
+        self._before_end = set(partitions)  # partitions whose end has not been reached yet
         self._consumer.assign([TopicPartition(topic, p, position) for p in partitions])
 
     def poll(self, timeout: float | None = None) -> pd.DataFrame:
@@ -176,10 +177,10 @@ class TopicTail:
                 error = message.error()
                 if error is not None:
                     if error.code() == KafkaError._PARTITION_EOF:
-                        self._skipping.discard(message.partition())
+                        self._before_end.discard(message.partition())
                         continue
                     raise KafkaException(error)
-                if message.partition() not in self._skipping:
+                if self._from_beginning or message.partition() not in self._before_end:
                     records.append(message)
             builder.add(records)
             batch = builder.frame(warn=False)
@@ -237,6 +238,11 @@ class TopicTail:
             if self._consumer is not None:
                 self._consumer.close()
                 self._consumer = None
+
+    @property
+    def caught_up(self) -> bool:
+        """Every partition has been read to its end once: later rows are records written since."""
+        return not self._before_end
 
     @property
     def running(self) -> bool:
