@@ -397,12 +397,11 @@ class AvroFormat(ValueFormat):
             return None
         if bare:
             column = self.columns[0]
-            schema = sql_type_to_avro(column.type, column.name)
             record = _to_avro_value(row.get(column.name), column.type)
         else:
-            schema = self.writer_schema()
             record = {c.name: _to_avro_value(row.get(c.name), c.type) for c in self.columns}
         if self._writer_id is None:
+            schema = sql_type_to_avro(self.columns[0].type, self.columns[0].name) if bare else self.writer_schema()
             self._writer_id = self.store.register(f"{self.topic}-{subject_suffix}", json.dumps(schema))
             self._writer = fastavro.parse_schema(schema)
         out = io.BytesIO()
