@@ -1,0 +1,199 @@
+"""The engine core: statements, errors, formats, joins, state and caching (no broker)."""
+
+import json
+import struct
+
+import pytest
+
+from survey_kit.ksql import Driver, Engine, InMemorySchemaStore, KsqlError
+from survey_kit.ksql.functions import HISTOGRAM_LIMIT
+
+USERS = "CREATE STREAM users (id STRING KEY, name STRING, city STRING, age INT) WITH (kafka_topic='users', value_format='JSON');"
+
+
+def pipe_json(driver, topic, key, value, timestamp=0, partition=0):
+    driver.pipe(topic, key.encode() if key is not None else None, json.dumps(value).encode() if value is not None else None, timestamp, partition)
+
+
+def test_a_syntax_error_names_the_line_and_column():
+    engine = Engine()
+    engine.execute(USERS)
+    with pytest.raises(KsqlError, match=r"line 3, column 11: unexpected 'city'"):
+        engine.execute("-- comment line\nCREATE STREAM x AS SELECT name FROM users\n  QUALIFY city;")
+
+
+def test_statements_outside_the_subset_are_rejected_with_the_construct_and_position():
+    engine = Engine()
+    engine.execute(USERS)
+    with pytest.raises(KsqlError, match=r"Unsupported statement 'INSERT' at line 1, column 1"):
+        engine.execute("INSERT INTO users SELECT * FROM users;")
+    with pytest.raises(KsqlError, match="HOPPING windows are outside the engine's subset"):
+        engine.execute("CREATE TABLE t AS SELECT city, COUNT(*) FROM users WINDOW HOPPING (SIZE 1 MINUTE, ADVANCE BY 10 SECONDS) GROUP BY city;")
+    with pytest.raises(KsqlError, match="PARTITION BY is outside"):
+        engine.execute("CREATE STREAM s AS SELECT * FROM users PARTITION BY city;")
+    with pytest.raises(KsqlError, match="format PROTOBUF|Format PROTOBUF"):
+        engine.execute("CREATE STREAM p (a INT) WITH (kafka_topic='p', value_format='PROTOBUF');")
+
+
+def test_define_substitutes_variables_and_an_undefined_one_is_an_error():
+    engine = Engine()
+    engine.execute("DEFINE topic = 'people'; DEFINE fmt = 'JSON';")
+    engine.execute("CREATE STREAM people (id STRING KEY, name STRING) WITH (kafka_topic='${topic}', value_format='${FMT}');")
+    assert engine.sources["PEOPLE"].topic == "people"
+    engine.execute("UNDEFINE topic;")
+    with pytest.raises(KsqlError, match="Variable 'topic' is not defined"):
+        engine.execute("CREATE STREAM again WITH (kafka_topic='${topic}', value_format='JSON');")
+
+
+def test_projection_filter_and_scalar_functions():
+    engine = Engine()
+    engine.execute(USERS)
+    engine.execute(
+        "CREATE STREAM adults AS SELECT id, UCASE(name) AS loud, LCASE(city) AS quiet, MASK(name) AS masked,"
+        " CONCAT(TRIM(name), '@', city) AS handle, CAST(age AS STRING) AS age_text, ROWTIME AS seen"
+        " FROM users WHERE age >= 18 EMIT CHANGES;"
+    )
+    driver = Driver(engine)
+    pipe_json(driver, "users", "u1", {"name": " Ada ", "city": "Lisbon", "age": 36}, timestamp=5)
+    pipe_json(driver, "users", "u2", {"name": "Kid", "city": "Porto", "age": 9}, timestamp=6)
+    pipe_json(driver, "users", "u3", None, timestamp=7)  # a null value is no event on a stream
+    out = driver.read("ADULTS")
+    assert [(r.key, r.value, r.timestamp) for r in out] == [
+        (("u1",), {"LOUD": " ADA ", "QUIET": "lisbon", "MASKED": "-Xxx-", "HANDLE": "Ada@Lisbon", "AGE_TEXT": "36", "SEEN": 5}, 5)
+    ]
+
+
+def test_stream_table_joins_on_the_table_key():
+    engine = Engine()
+    engine.execute("CREATE STREAM votes (voter STRING, survey STRING, answer STRING) WITH (kafka_topic='votes', value_format='JSON');")
+    engine.execute("CREATE TABLE surveys (id STRING PRIMARY KEY, title STRING) WITH (kafka_topic='surveys', value_format='JSON');")
+    engine.execute("CREATE STREAM inner_votes AS SELECT v.survey, s.title, v.answer FROM votes v JOIN surveys s ON v.survey = s.id;")
+    engine.execute("CREATE STREAM left_votes AS SELECT v.survey, s.title, v.answer FROM votes v LEFT JOIN surveys s ON v.survey = s.id;")
+    driver = Driver(engine)
+    pipe_json(driver, "votes", None, {"voter": "a", "survey": "1", "answer": "yes"})
+    pipe_json(driver, "surveys", "1", {"title": "Pie?"})
+    pipe_json(driver, "votes", None, {"voter": "b", "survey": "1", "answer": "no"})
+    pipe_json(driver, "surveys", "1", None)  # the survey is deleted
+    pipe_json(driver, "votes", None, {"voter": "c", "survey": "1", "answer": "maybe"})
+    assert [(r.key, r.value) for r in driver.read("INNER_VOTES")] == [(("1",), {"S_TITLE": "Pie?", "V_ANSWER": "no"})]
+    assert [r.value["S_TITLE"] for r in driver.read("LEFT_VOTES")] == [None, "Pie?", None]
+
+
+def test_table_aggregation_retracts_updated_and_deleted_rows():
+    engine = Engine()
+    engine.execute("CREATE TABLE people (id STRING PRIMARY KEY, city STRING) WITH (kafka_topic='people', value_format='JSON');")
+    engine.execute("CREATE TABLE per_city AS SELECT city, COUNT(*) AS n FROM people GROUP BY city;")
+    driver = Driver(engine)
+    pipe_json(driver, "people", "1", {"city": "Lisbon"})
+    pipe_json(driver, "people", "2", {"city": "Lisbon"})
+    pipe_json(driver, "people", "1", {"city": "Porto"})
+    pipe_json(driver, "people", "2", None)
+    assert [(r.key[0], r.value["N"]) for r in driver.read("PER_CITY")] == [
+        ("Lisbon", 1), ("Lisbon", 2), ("Lisbon", 1), ("Porto", 1), ("Lisbon", 0)
+    ]
+
+
+def test_histogram_keeps_at_most_1000_distinct_values():
+    engine = Engine()
+    engine.execute("CREATE STREAM words (w STRING) WITH (kafka_topic='words', value_format='JSON');")
+    engine.execute("CREATE TABLE h AS SELECT 'all' AS k, HISTOGRAM(w) AS counts FROM words GROUP BY 'all';")
+    driver = Driver(engine)
+    for i in range(HISTOGRAM_LIMIT + 5):
+        pipe_json(driver, "words", None, {"w": f"w{i}"})
+    pipe_json(driver, "words", None, {"w": "w0"})
+    last = driver.read("H")[-1].value["COUNTS"]
+    assert len(last) == HISTOGRAM_LIMIT
+    assert last["w0"] == 2 and f"w{HISTOGRAM_LIMIT}" not in last
+
+
+def test_windowed_keys_and_delimited_and_kafka_formats():
+    engine = Engine()
+    engine.execute("CREATE STREAM clicks (page STRING KEY, ms BIGINT) WITH (kafka_topic='clicks', value_format='DELIMITED');")
+    engine.execute("CREATE TABLE per_minute WITH (value_format='KAFKA') AS SELECT page, COUNT(*) AS n FROM clicks WINDOW TUMBLING (SIZE 1 MINUTE) GROUP BY page;")
+    driver = Driver(engine)
+    driver.pipe("clicks", b"home", b"12", 61_000)
+    driver.pipe("clicks", b"home", b"7", 119_999)
+    raw = driver.outputs["PER_MINUTE"]  # the sink topic defaults to the upper-cased name, as in ksqlDB
+    assert raw[-1].key == b"home" + struct.pack(">q", 60_000)
+    assert raw[-1].value == struct.pack(">q", 2)
+    assert [(r.window_start, r.window_end, r.value) for r in driver.read("PER_MINUTE")] == [(60_000, 120_000, {"N": 1}), (60_000, 120_000, {"N": 2})]
+
+
+def test_malformed_records_become_counted_dead_letters():
+    engine = Engine(schemas=InMemorySchemaStore())
+    engine.execute(USERS)
+    engine.execute("CREATE STREAM copy AS SELECT * FROM users;")
+    driver = Driver(engine)
+    driver.pipe("users", b"u1", b"{not json", 1)
+    pipe_json(driver, "users", "u2", {"name": "Ada", "age": "not a number"})
+    pipe_json(driver, "users", "u3", {"name": "Bob", "age": 3})
+    errors = [json.loads(d.value) for d in driver.dead_letters]
+    assert [(e["topic"], e["offset"]) for e in errors] == [("users", 0), ("users", 1)]
+    assert "not valid JSON" in errors[0]["error"] and "AGE" in errors[1]["error"]
+    assert engine.metrics.dead_letters == 2
+    assert [r.key for r in driver.read("COPY")] == [("u3",)]
+
+
+def test_record_cache_coalesces_updates_per_key_until_commit():
+    engine = Engine(properties={"ksql.streams.cache.max.bytes.buffering": "10000000"})
+    engine.execute(USERS)
+    engine.execute("CREATE TABLE per_city AS SELECT city, COUNT(*) AS n FROM users GROUP BY city;")
+    driver = Driver(engine)
+    for i, city in enumerate(["Lisbon", "Porto", "Lisbon", "Lisbon"]):
+        pipe_json(driver, "users", f"u{i}", {"name": "x", "city": city, "age": 1})
+    assert driver.read("PER_CITY") == []
+    driver.commit()
+    assert sorted((r.key[0], r.value["N"]) for r in driver.read("PER_CITY")) == [("Lisbon", 3), ("Porto", 1)]
+
+
+def test_state_restored_from_the_changelog_continues_exactly():
+    statements = USERS + "CREATE TABLE per_city AS SELECT city, COUNT(*) AS n, MAX(age) AS oldest FROM users GROUP BY city;"
+    records = [("u%d" % i, {"name": "x", "city": ["A", "B"][i % 2], "age": i}) for i in range(10)]
+
+    uninterrupted = Engine()
+    uninterrupted.execute(statements)
+    reference = Driver(uninterrupted)
+    for key, value in records:
+        pipe_json(reference, "users", key, value)
+
+    first = Engine()
+    first.execute(statements)
+    first_driver = Driver(first)
+    for key, value in records[:6]:
+        pipe_json(first_driver, "users", key, value)
+    changelog = first.drain_changes()
+    assert changelog and first.drain_changes() == []  # drained once
+
+    restarted = Engine()
+    restarted.execute(statements)
+    restarted.apply_changes(json.loads(json.dumps(changelog)))  # as written to and read from a topic
+    second_driver = Driver(restarted)
+    for key, value in records[6:]:
+        pipe_json(second_driver, "users", key, value)
+    combined = first_driver.read("PER_CITY") + second_driver.read("PER_CITY")
+    assert [(r.key, r.value) for r in combined] == [(r.key, r.value) for r in reference.read("PER_CITY")]
+
+    snapshot_engine = Engine()
+    snapshot_engine.execute(statements)
+    snapshot_engine.restore(uninterrupted.snapshot())
+    assert snapshot_engine.snapshot() == uninterrupted.snapshot()
+
+
+def test_show_describe_drop_and_terminate():
+    engine = Engine()
+    engine.execute(USERS)
+    engine.execute("CREATE STREAM names AS SELECT id, name FROM users;")
+    assert [r["name"] for r in engine.execute("SHOW STREAMS;")[0].rows] == ["USERS", "NAMES"]
+    queries = engine.execute("SHOW QUERIES;")[0].rows
+    assert [q["id"] for q in queries] == ["CSAS_NAMES_0"]
+    described = engine.execute("DESCRIBE names;")[0]
+    assert [r["field"] for r in described.rows] == ["ID", "NAME"] and "CSAS_NAMES_0" in described.message
+    with pytest.raises(KsqlError, match="The following queries read from this source: \\[CSAS_NAMES_0\\]"):
+        engine.execute("DROP STREAM users;")
+    engine.execute("TERMINATE CSAS_NAMES_0;")
+    assert engine.source_topics() == []
+    result = engine.execute("DROP STREAM users DELETE TOPIC;")[0]
+    assert result.rows == [{"deleted_topic": "users"}]
+    assert "USERS" not in engine.sources
+    engine.execute("SET 'ksql.streams.cache.max.bytes.buffering' = '0';")
+    assert engine.execute("SHOW PROPERTIES;")[0].rows == [{"property": "ksql.streams.cache.max.bytes.buffering", "value": "0"}]
