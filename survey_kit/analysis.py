@@ -1,0 +1,522 @@
+"""Survey analysis on DataFrames: histograms recomputed from the raw entries, compared with ksqlDB's.
+
+Every function here is pure: frames in, frames out, no Kafka. Read the topics with
+:func:`survey_kit.frames.read_topic` first::
+
+    entries   = read_topic(cluster, cluster.topics.entries)
+    questions = read_topic(cluster, cluster.topics.questions)
+    live      = read_topic(cluster, cluster.topics.results_live)
+    final     = read_topic(cluster, cluster.topics.results_final, windowed=True, window_size="48h")
+
+    marked = mark_records(entries, size="48h", grace="10min", questions=questions)  # per entry: kept or why not
+    compare(entries, questions, live=live, final=final, size="48h", grace="10min")   # streamed vs recomputed
+    shares(live_histogram(entries, questions))                                       # with 95% Wilson intervals
+    window_status(marked)                                                            # why a final is not out yet
+
+The recomputation uses pandas (vectorised group-bys; a million entries take about a second), not DuckDB.
+
+How ksqlDB treats records, as its conformance tests pin it (shared/qtt tumbling-windows.json and
+suppress.json), and as :func:`mark_records` reproduces it:
+
+- windows are epoch-aligned: a record at ``t`` belongs to ``[t - t % size, t - t % size + size)``;
+- stream time is kept per input partition: the largest record timestamp seen so far, in offset order,
+  including the record being processed;
+- a record is dropped as late when ``window end + grace <= stream time`` at its arrival (``<=``: in
+  tumbling-windows.json a record for window [0, 30 s) with a 60 s grace is still counted at stream time
+  89 999 ms and dropped at 90 000 ms);
+- a window is closed, and EMIT FINAL may emit it, once ``stream time >= window end + grace`` (suppress.json:
+  with grace 0 the window [0, 2) is emitted by the record at 2).
+
+Two things ksqlDB does that this recomputation does not model: stream time of the aggregation is really
+that of the repartitioned stream (the same as the input partition's when a survey's entries share one
+partition, as with survey-entries keyed by survey id), and a stream-table join only sees a survey
+definition that was written before the entry was processed.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from statistics import NormalDist
+
+import numpy as np
+import pandas as pd
+
+from .frames import DurationLike, _duration_ms
+
+__all__ = [
+    "survey_definitions", "mark_records", "window_status", "windowed_histogram", "live_histogram",
+    "streamed_histogram", "compare", "wilson_interval", "shares", "breakdown", "one_answer_per_respondent",
+]
+
+KEPT, DROPPED_LATE, DROPPED_UNKNOWN = "kept", "dropped-late", "dropped-unknown-survey"
+ENTRY_COLUMNS = ("survey_id", "user_id", "response", "timestamp_ms", "partition", "offset")
+
+
+# --- inputs --------------------------------------------------------------------------------------
+
+
+def survey_definitions(questions: pd.DataFrame) -> pd.DataFrame:
+    """The current definition of each survey from a survey-questions frame: the latest record per key
+    (a tombstone deletes). Columns survey_id, question, summary, options, enabled."""
+    _require(questions, ("key", "survey_id", "question", "partition", "offset"), "survey-questions")
+    ordered = questions.sort_values(["partition", "offset"], kind="stable")
+    latest = ordered.drop_duplicates("key", keep="last")
+    if "tombstone" in latest.columns:
+        latest = latest[~latest["tombstone"].astype(bool)]
+    columns = [c for c in ("survey_id", "question", "summary", "options", "enabled") if c in latest.columns]
+    return latest[columns].sort_values("survey_id", kind="stable").reset_index(drop=True)
+
+
+def one_answer_per_respondent(entries: pd.DataFrame) -> pd.DataFrame:
+    """Only each respondent's latest answer per survey (latest timestamp wins; on a tie, the later offset)."""
+    _require(entries, ENTRY_COLUMNS, "survey-entries")
+    ordered = entries.sort_values(["timestamp_ms", "partition", "offset"], kind="stable")
+    return ordered.drop_duplicates(["survey_id", "user_id"], keep="last").sort_values(
+        ["partition", "offset"], kind="stable").reset_index(drop=True)
+
+
+# --- records: kept or dropped, and why -------------------------------------------------------------
+
+
+def mark_records(
+    entries: pd.DataFrame,
+    size: DurationLike,
+    grace: DurationLike = "0s",
+    questions: pd.DataFrame | None = None,
+) -> pd.DataFrame:
+    """Each entry with what ksqlDB's windowed aggregation does with it, and why.
+
+    Adds to the entries (in partition, offset order): ``window_start``, ``window_end``, ``closes_at``
+    (window end + grace), ``stream_time`` (of its partition when it arrives), ``question`` (when
+    ``questions`` is given), ``duplicate`` (its entry_id header was delivered before: ksqlDB counts it
+    again), ``status`` (``kept``, ``dropped-late``, or ``dropped-unknown-survey`` when the survey has no
+    definition and the join drops it) and ``reason`` (a sentence, e.g. why a record was late). Datetimes
+    are UTC; the ``*_ms`` twins hold epoch milliseconds.
+    """
+    size_ms = _duration_ms(size, "size")
+    grace_ms = _duration_ms(grace, "grace", allow_zero=True)
+    marked = _mark_entries(entries, questions)
+    timestamps = marked["timestamp_ms"].to_numpy(dtype="int64")
+    starts = timestamps - np.mod(timestamps, size_ms)
+    marked["window_start_ms"] = starts
+    marked["window_end_ms"] = starts + size_ms
+    marked["closes_at_ms"] = starts + size_ms + grace_ms
+    # Stream time advances with the records that reach the aggregation: not those the join drops.
+    unknown = marked["status"].eq(DROPPED_UNKNOWN).to_numpy()
+    earliest = np.iinfo("int64").min
+    reaching = pd.Series(np.where(unknown, earliest, timestamps), index=marked.index)
+    stream_time = reaching.groupby(marked["partition"], sort=False).cummax().to_numpy()
+    marked["stream_time_ms"] = np.where(stream_time == earliest, timestamps, stream_time)
+    for column in ("window_start", "window_end", "closes_at", "stream_time"):
+        marked[column] = pd.to_datetime(marked[f"{column}_ms"], unit="ms", utc=True)
+    late = (marked["closes_at_ms"] <= marked["stream_time_ms"]).to_numpy() & ~unknown
+    marked.loc[late, "status"] = DROPPED_LATE
+    marked["reason"] = _record_reasons(marked, late, unknown)
+    return marked
+
+
+def _mark_entries(entries: pd.DataFrame, questions: pd.DataFrame | None) -> pd.DataFrame:
+    """Entries in partition, offset order with ``duplicate``, ``question`` and a first ``status``
+    (kept, or dropped-unknown-survey when ``questions`` lacks the survey)."""
+    _require(entries, ENTRY_COLUMNS, "survey-entries")
+    marked = entries
+    if "tombstone" in marked.columns:  # ksqlDB skips null values; survey-entries should have none
+        marked = marked[~marked["tombstone"].astype(bool)]
+    marked = marked.sort_values(["partition", "offset"], kind="stable").reset_index(drop=True)
+    entry_ids = marked["entry_id"] if "entry_id" in marked.columns else pd.Series(None, index=marked.index)
+    marked["duplicate"] = (entry_ids.notna() & entry_ids.duplicated(keep="first")).to_numpy()
+    marked["status"] = KEPT
+    if questions is not None:
+        definitions = survey_definitions(questions)
+        marked["question"] = marked["survey_id"].map(dict(zip(definitions["survey_id"], definitions["question"])))
+        marked.loc[marked["question"].isna(), "status"] = DROPPED_UNKNOWN
+    return marked
+
+
+def _record_reasons(marked: pd.DataFrame, late: np.ndarray, unknown: np.ndarray) -> pd.Series:
+    reasons = pd.Series("kept: its window was open when it arrived", index=marked.index, dtype=object)
+    for i in np.flatnonzero(late):
+        row = marked.iloc[i]
+        reasons.iat[i] = (
+            f"late record dropped: window [{_t(row.window_start)}, {_t(row.window_end)}) closed at "
+            f"end + grace = {_t(row.closes_at)}, and partition {row.partition} had reached stream time "
+            f"{_t(row.stream_time)} ({_span(row.stream_time_ms - row.closes_at_ms)} past it)"
+        )
+    for i in np.flatnonzero(unknown):
+        reasons.iat[i] = f"dropped: survey {marked['survey_id'].iat[i]!r} has no definition on survey-questions"
+    duplicates = marked["duplicate"].to_numpy()
+    if duplicates.any():
+        first = marked[~marked["duplicate"]].drop_duplicates("entry_id").set_index("entry_id")
+        for i in np.flatnonzero(duplicates):
+            entry_id = marked["entry_id"].iat[i]
+            origin = first.loc[entry_id]
+            reasons.iat[i] += (f"; duplicate entry id {entry_id} (first at partition {origin['partition']} "
+                               f"offset {origin['offset']}): ksqlDB counts it again")
+    return reasons
+
+
+# --- windows: closed or not, and how far from closing ----------------------------------------------
+
+
+def window_status(marked: pd.DataFrame) -> pd.DataFrame:
+    """Per survey and window of :func:`mark_records`' output: is it closed, and if not, why not yet.
+
+    Columns survey_id, window_start, window_end, closes_at, stream_time (now, of the partition holding
+    the survey's entries; the lowest if several), closed, closes_in (how much stream time must still
+    advance; zero when closed) and explanation. A window is closed, so EMIT FINAL can emit it, once stream
+    time >= window end + grace; stream time only advances with new records on that partition.
+    """
+    _require(marked, ("survey_id", "partition", "window_start_ms", "closes_at_ms", "stream_time_ms"),
+             "mark_records() output")
+    if "status" in marked.columns:
+        marked = marked[marked["status"] != DROPPED_UNKNOWN]
+    partition_time = marked.groupby("partition")["stream_time_ms"].max()
+    survey_time = (marked[["survey_id", "partition"]].drop_duplicates()
+                   .assign(now=lambda f: f["partition"].map(partition_time))
+                   .groupby("survey_id")["now"].min())
+    windows = (marked.groupby(["survey_id", "window_start_ms"], as_index=False)
+               .agg(window_end_ms=("window_end_ms", "first"), closes_at_ms=("closes_at_ms", "first")))
+    windows["stream_time_ms"] = windows["survey_id"].map(survey_time).astype("int64")
+    windows["closed"] = windows["stream_time_ms"] >= windows["closes_at_ms"]
+    remaining = (windows["closes_at_ms"] - windows["stream_time_ms"]).clip(lower=0)
+    windows["closes_in"] = pd.to_timedelta(remaining, unit="ms")
+    for column in ("window_start", "window_end", "closes_at", "stream_time"):
+        windows[column] = pd.to_datetime(windows[f"{column}_ms"], unit="ms", utc=True)
+    windows["explanation"] = [
+        f"closed: stream time {_t(now)} has reached window end + grace {_t(closes)}" if closed else
+        f"not closed yet: stream time {_t(now)} is {_span(left)} short of window end + grace {_t(closes)}; "
+        f"it closes when a record with a timestamp at or after {_t(closes)} arrives on the survey's partition"
+        for closed, now, closes, left in zip(windows["closed"], windows["stream_time"], windows["closes_at"],
+                                             remaining)
+    ]
+    return windows[["survey_id", "window_start", "window_end", "closes_at", "stream_time", "closed",
+                    "closes_in", "explanation"]]
+
+
+# --- recomputed histograms -------------------------------------------------------------------------
+
+
+def windowed_histogram(marked: pd.DataFrame) -> pd.DataFrame:
+    """Counts per survey, window and option from :func:`mark_records`' output.
+
+    Columns survey_id, question (if known), window_start, window_end, option, ``recomputed`` (distinct
+    entries in the window, whether ksqlDB drops them or not: what the window really holds), ``expected``
+    (what ksqlDB's final result should show: kept records, duplicates included), ``late_dropped``
+    (distinct entries dropped as late) and ``duplicates`` (kept repeated deliveries);
+    expected = recomputed - late_dropped - unknown_survey + duplicates.
+    """
+    _require(marked, ("status", "duplicate", "window_start_ms", "window_end_ms"), "mark_records() output")
+    keys = ["survey_id"] + (["question"] if "question" in marked.columns else []) + ["window_start_ms",
+                                                                                    "window_end_ms", "response"]
+    counted = marked.assign(
+        recomputed=~marked["duplicate"],
+        expected=marked["status"].eq(KEPT),
+        late_dropped=marked["status"].eq(DROPPED_LATE) & ~marked["duplicate"],
+        unknown_survey=marked["status"].eq(DROPPED_UNKNOWN) & ~marked["duplicate"],
+        duplicates=marked["status"].eq(KEPT) & marked["duplicate"],
+    )
+    counts = ["recomputed", "expected", "late_dropped", "unknown_survey", "duplicates"]
+    histogram = counted.groupby(keys, as_index=False, dropna=False)[counts].sum()
+    histogram[counts] = histogram[counts].astype("int64")
+    histogram["window_start"] = pd.to_datetime(histogram.pop("window_start_ms"), unit="ms", utc=True)
+    histogram["window_end"] = pd.to_datetime(histogram.pop("window_end_ms"), unit="ms", utc=True)
+    histogram = histogram.rename(columns={"response": "option"})
+    front = ["survey_id"] + (["question"] if "question" in histogram.columns else []) + [
+        "window_start", "window_end", "option"]
+    return histogram[front + counts]
+
+
+def live_histogram(
+    entries: pd.DataFrame,
+    questions: pd.DataFrame | None = None,
+    *,
+    one_per_respondent: bool = False,
+    distinct_entries: bool = True,
+) -> pd.DataFrame:
+    """The all-time histogram per survey: survey_id, question (with ``questions``), option, count.
+
+    With ``questions``, every option of each survey's definition is listed (zero if nobody chose it) and
+    entries for surveys without a definition are left out (the stream-table join drops them). Each entry
+    id counts once unless ``distinct_entries=False`` (which counts redeliveries, as ksqlDB does);
+    ``one_per_respondent`` keeps only each user's latest answer per survey.
+    """
+    _require(entries, ENTRY_COLUMNS, "survey-entries")
+    chosen = entries[~entries["tombstone"].astype(bool)] if "tombstone" in entries.columns else entries
+    if distinct_entries and "entry_id" in chosen.columns:
+        chosen = chosen[~(chosen["entry_id"].notna() & chosen["entry_id"].duplicated(keep="first"))]
+    if one_per_respondent:
+        chosen = one_answer_per_respondent(chosen)
+    counts = chosen.groupby(["survey_id", "response"]).size().rename("count").reset_index()
+    counts = counts.rename(columns={"response": "option"})
+    if questions is None:
+        return counts.sort_values(["survey_id", "option"], ignore_index=True)
+    definitions = survey_definitions(questions)
+    options = definitions[["survey_id", "question", "options"]].explode("options").rename(columns={"options": "option"})
+    # Options someone answered that the definition does not list still count (a changed definition).
+    answered = counts.merge(definitions[["survey_id", "question"]], on="survey_id")[["survey_id", "question", "option"]]
+    every = pd.concat([options.dropna(subset=["option"]), answered]).drop_duplicates(["survey_id", "option"])
+    histogram = every.merge(counts, on=["survey_id", "option"], how="left")
+    histogram["count"] = histogram["count"].fillna(0).astype("int64")
+    return histogram.reset_index(drop=True)
+
+
+def streamed_histogram(results: pd.DataFrame, results_column: str = "RESULTS") -> pd.DataFrame:
+    """ksqlDB's HISTOGRAM results as tidy rows: key, [window_start, window_end,] option, count.
+
+    Takes a frame of survey-results-live (a table: the latest record per key counts, a tombstone deletes)
+    or of survey-results-final read with ``windowed=True`` (the latest record per key and window).
+    """
+    _require(results, ("key", "partition", "offset", results_column), "results")
+    window = [c for c in ("window_start", "window_end") if c in results.columns]
+    latest = results.sort_values(["partition", "offset"], kind="stable").drop_duplicates(["key"] + window[:1], keep="last")
+    if "tombstone" in latest.columns:
+        latest = latest[~latest["tombstone"].astype(bool)]
+    rows = [
+        (key, *window_values, option, count)
+        for key, histogram, *window_values in zip(latest["key"], latest[results_column], *(latest[c] for c in window))
+        if isinstance(histogram, dict)
+        for option, count in histogram.items()
+        if count is not None
+    ]
+    tidy = pd.DataFrame(rows, columns=["key", *window, "option", "count"])
+    tidy["count"] = tidy["count"].astype("int64")
+    return tidy
+
+
+# --- streamed vs recomputed ------------------------------------------------------------------------
+
+
+COMPARISON_COLUMNS = ["result", "survey_id", "question", "window_start", "window_end", "option", "streamed",
+                      "recomputed", "difference", "reason", "expected", "late_dropped", "duplicates",
+                      "emitted", "window_closed", "closes_in"]
+
+
+def compare(
+    entries: pd.DataFrame,
+    questions: pd.DataFrame,
+    *,
+    live: pd.DataFrame | None = None,
+    final: pd.DataFrame | None = None,
+    size: DurationLike | None = None,
+    grace: DurationLike = "0s",
+    results_column: str = "RESULTS",
+) -> pd.DataFrame:
+    """Streamed results (survey-results-live and/or -final frames) next to the recomputation, row by row.
+
+    One row per result ("live" or "final"), survey, window (final only) and option, with columns:
+    ``streamed`` (ksqlDB's count, 0 if it has none), ``recomputed`` (distinct entries),
+    ``difference`` (streamed - recomputed), ``reason`` ("agree", or each cause with its number of records:
+    "late record dropped (2)", "duplicate entry id (1)", "not yet processed (3)", "window not closed yet
+    ...", "unexplained ..."), ``expected`` (what ksqlDB should show by its rules), ``late_dropped``,
+    ``duplicates``, ``emitted`` (the stream has a record for it), ``window_closed`` and ``closes_in``.
+    The results are keyed by question text as in the talk (a key equal to a survey id works too); surveys
+    sharing a question text are counted together, as ksqlDB's GROUP BY question does.
+    """
+    if live is None and final is None:
+        raise ValueError("nothing to compare: pass live= (survey-results-live) and/or final= (survey-results-final)")
+    definitions = survey_definitions(questions)
+    parts = []
+    if live is not None:
+        parts.append(_compare_live(entries, questions, definitions, live, results_column))
+    if final is not None:
+        if size is None:
+            raise ValueError("comparing final results needs the window size (size=..., e.g. '48h') and grace")
+        parts.append(_compare_final(entries, questions, definitions, final, size, grace, results_column))
+    comparison = pd.concat(parts, ignore_index=True)
+    return comparison[COMPARISON_COLUMNS]
+
+
+def _compare_live(entries, questions, definitions, live, results_column) -> pd.DataFrame:
+    counted = _counts(_mark_entries(entries, questions), ["question", "response"])
+    streamed = _streamed_by_question(streamed_histogram(live, results_column), definitions)
+    rows = counted.merge(streamed, on=["question", "option"], how="outer")
+    rows = _fill_counts(rows)
+    rows["result"] = "live"
+    rows["window_start"] = rows["window_end"] = pd.NaT
+    rows["window_closed"] = pd.NA
+    rows["closes_in"] = pd.NaT
+    rows["reason"] = [_reason(s, r, e, l, d, emitted, True, None, None)
+                      for s, r, e, l, d, emitted in zip(rows["streamed"], rows["recomputed"], rows["expected"],
+                                                        rows["late_dropped"], rows["duplicates"], rows["emitted"])]
+    return _finish(rows, definitions)
+
+
+def _compare_final(entries, questions, definitions, final, size, grace, results_column) -> pd.DataFrame:
+    marked = mark_records(entries, size=size, grace=grace, questions=questions)
+    counted = _counts(marked, ["question", "window_start_ms", "response"])
+    size_ms = _duration_ms(size, "size")
+    streamed = streamed_histogram(final, results_column)
+    streamed["window_start_ms"] = _epoch_ms_of(streamed["window_start"]) if len(streamed) else pd.Series(dtype="int64")
+    streamed = _streamed_by_question(streamed.drop(columns=[c for c in ("window_start", "window_end")
+                                                            if c in streamed.columns]), definitions)
+    rows = _fill_counts(counted.merge(streamed, on=["question", "window_start_ms", "option"], how="outer"))
+    rows["window_start_ms"] = rows["window_start_ms"].astype("int64")
+    # A window closes by the stream time of the partition(s) its survey's entries are on.
+    status = window_status(marked.dropna(subset=["question"]))
+    status = status.merge(definitions[["survey_id", "question"]], on="survey_id")
+    status["window_start_ms"] = _epoch_ms_of(status["window_start"])
+    status = status.groupby(["question", "window_start_ms"], as_index=False).agg(
+        window_closed=("closed", "all"), closes_in=("closes_in", "max"), explanation=("explanation", "first"))
+    rows = rows.merge(status, on=["question", "window_start_ms"], how="left")
+    rows["result"] = "final"
+    rows["window_start"] = pd.to_datetime(rows["window_start_ms"], unit="ms", utc=True)
+    rows["window_end"] = pd.to_datetime(rows["window_start_ms"] + size_ms, unit="ms", utc=True)
+    rows["reason"] = [_reason(s, r, e, l, d, emitted, False, closed, explanation)
+                      for s, r, e, l, d, emitted, closed, explanation in
+                      zip(rows["streamed"], rows["recomputed"], rows["expected"], rows["late_dropped"],
+                          rows["duplicates"], rows["emitted"], rows["window_closed"], rows["explanation"])]
+    return _finish(rows, definitions)
+
+
+def _counts(marked: pd.DataFrame, keys: list[str]) -> pd.DataFrame:
+    """recomputed / expected / late_dropped / duplicates per keys, for surveys with a definition."""
+    known = marked[marked["status"] != DROPPED_UNKNOWN]
+    late = known["status"].eq(DROPPED_LATE)
+    counted = known.assign(
+        recomputed=~known["duplicate"],
+        expected=~late,
+        late_dropped=late & ~known["duplicate"],
+        duplicates=~late & known["duplicate"],
+    ).groupby(keys, as_index=False)[["recomputed", "expected", "late_dropped", "duplicates"]].sum()
+    return counted.rename(columns={"response": "option"})
+
+
+def _streamed_by_question(streamed: pd.DataFrame, definitions: pd.DataFrame) -> pd.DataFrame:
+    """Streamed rows keyed by question text (a key that is a survey id is mapped to its question)."""
+    questions = set(definitions["question"])
+    by_id = dict(zip(definitions["survey_id"], definitions["question"]))
+    streamed = streamed.assign(question=[k if k in questions else by_id.get(k, k) for k in streamed["key"]])
+    streamed = streamed.drop(columns="key").rename(columns={"count": "streamed"})
+    streamed["emitted"] = True
+    return streamed
+
+
+def _fill_counts(rows: pd.DataFrame) -> pd.DataFrame:
+    for column in ("recomputed", "expected", "late_dropped", "duplicates", "streamed"):
+        rows[column] = rows[column].fillna(0).astype("int64")
+    rows["emitted"] = rows["emitted"].fillna(False).astype(bool)
+    rows["difference"] = rows["streamed"] - rows["recomputed"]
+    return rows
+
+
+def _finish(rows: pd.DataFrame, definitions: pd.DataFrame) -> pd.DataFrame:
+    ids = definitions.groupby("question")["survey_id"].agg(lambda s: ", ".join(sorted(s)))
+    rows["survey_id"] = rows["question"].map(ids)
+    order = ["survey_id", "question", "window_start", "option"]
+    return rows.sort_values(order, kind="stable", na_position="last", ignore_index=True)
+
+
+def _reason(streamed, recomputed, expected, late, duplicates, emitted, live, closed, explanation) -> str:
+    if streamed == recomputed == expected:
+        return "agree"
+    causes = []
+    if late:
+        causes.append(f"late record dropped ({late})")
+    if duplicates:
+        causes.append(f"duplicate entry id ({duplicates})")
+    missing = expected - streamed
+    if not live and not emitted and closed is False:
+        causes.append(f"window not closed yet ({expected} record(s) waiting): {explanation}")
+    elif missing > 0 and (live or not emitted):
+        causes.append(f"not yet processed ({missing})")
+    elif missing > 0:
+        causes.append(f"unexplained: {missing} kept record(s) missing from the final result")
+    elif missing < 0:
+        causes.append(f"unexplained: {-missing} more streamed than the entries give")
+    return "; ".join(causes)
+
+
+# --- shares and breakdowns ---------------------------------------------------------------------------
+
+
+def wilson_interval(successes, total, confidence: float = 0.95) -> tuple:
+    """The Wilson score interval of a share ``successes / total`` (arrays or numbers); NaN where total is 0.
+
+    >>> wilson_interval(8, 10)   # (0.4902, 0.9433)
+    """
+    if not 0 < confidence < 1:
+        raise ValueError(f"confidence is a probability between 0 and 1, got {confidence}")
+    z = NormalDist().inv_cdf(0.5 + confidence / 2)
+    k = np.asarray(successes, dtype="float64")
+    n = np.asarray(total, dtype="float64")
+    with np.errstate(invalid="ignore", divide="ignore"):
+        p = k / n
+        denominator = 1 + z**2 / n
+        centre = (p + z**2 / (2 * n)) / denominator
+        half = z * np.sqrt(p * (1 - p) / n + z**2 / (4 * n**2)) / denominator
+        low, high = np.where(n > 0, centre - half, np.nan), np.where(n > 0, centre + half, np.nan)
+    if low.ndim == 0:
+        return float(low), float(high)
+    return low, high
+
+
+def shares(
+    histogram: pd.DataFrame,
+    by: Sequence[str] = ("survey_id",),
+    count: str = "count",
+    confidence: float = 0.95,
+) -> pd.DataFrame:
+    """Add ``total`` (per ``by`` group), ``share`` and its Wilson interval ``ci_low``/``ci_high``.
+
+    Works on :func:`live_histogram`, :func:`breakdown` (by=("survey_id", "company")) or a windowed
+    histogram (by=("survey_id", "window_start"), count="recomputed").
+    """
+    _require(histogram, (*by, count), "histogram")
+    result = histogram.copy()
+    result["total"] = result.groupby(list(by), dropna=False)[count].transform("sum").astype("int64")
+    with np.errstate(invalid="ignore", divide="ignore"):
+        result["share"] = np.where(result["total"] > 0, result[count] / result["total"], np.nan)
+    result["ci_low"], result["ci_high"] = wilson_interval(result[count], result["total"], confidence)
+    return result
+
+
+def breakdown(
+    entries: pd.DataFrame,
+    by: str | Sequence[str] = "company",
+    questions: pd.DataFrame | None = None,
+    *,
+    one_per_respondent: bool = False,
+    confidence: float = 0.95,
+) -> pd.DataFrame:
+    """Answers per survey, group (e.g. company or location; missing values as "(none)") and option, with
+    each option's share within its group and the Wilson interval: survey_id, [question,] <by...>, option,
+    count, total, share, ci_low, ci_high."""
+    groups = [by] if isinstance(by, str) else list(by)
+    _require(entries, (*ENTRY_COLUMNS, *groups), "survey-entries")
+    chosen = entries[~entries["tombstone"].astype(bool)] if "tombstone" in entries.columns else entries
+    if "entry_id" in chosen.columns:
+        chosen = chosen[~(chosen["entry_id"].notna() & chosen["entry_id"].duplicated(keep="first"))]
+    if one_per_respondent:
+        chosen = one_answer_per_respondent(chosen)
+    chosen = chosen.assign(**{g: chosen[g].astype(object).where(chosen[g].notna(), "(none)") for g in groups})
+    counts = (chosen.groupby(["survey_id", *groups, "response"]).size().rename("count").reset_index()
+              .rename(columns={"response": "option"}))
+    if questions is not None:
+        definitions = survey_definitions(questions)
+        counts = counts.merge(definitions[["survey_id", "question"]], on="survey_id", how="left")
+        counts = counts[["survey_id", "question", *groups, "option", "count"]]
+    return shares(counts, by=("survey_id", *groups), confidence=confidence)
+
+
+# --- helpers ---------------------------------------------------------------------------------------
+
+
+def _require(frame: pd.DataFrame, columns: Sequence[str], what: str) -> None:
+    missing = [c for c in columns if c not in frame.columns]
+    if missing:
+        raise ValueError(
+            f"the {what} frame lacks column(s) {', '.join(missing)}: read it with "
+            "survey_kit.frames.read_topic (windowed=True for windowed results)"
+        )
+
+
+def _epoch_ms_of(times: pd.Series) -> pd.Series:
+    return (pd.to_datetime(times, utc=True) - pd.Timestamp(0, tz="UTC")) // pd.Timedelta(milliseconds=1)
+
+
+def _t(moment: pd.Timestamp) -> str:
+    return moment.strftime("%Y-%m-%d %H:%M:%S.%f")[:-3] + " UTC"
+
+
+def _span(milliseconds: int) -> str:
+    return str(pd.Timedelta(milliseconds=int(milliseconds)))
