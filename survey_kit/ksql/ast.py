@@ -84,6 +84,17 @@ class StructConstructor(Expr):
 
 
 @dataclass(frozen=True)
+class ArrayConstructor(Expr):
+    items: tuple[Expr, ...]
+
+    def sql(self) -> str:
+        return "ARRAY[" + ", ".join(i.sql() for i in self.items) + "]"
+
+    def children(self) -> tuple[Expr, ...]:
+        return self.items
+
+
+@dataclass(frozen=True)
 class BinaryOp(Expr):
     op: str  # + - * / % || = != < <= > >= AND OR
     left: Expr

@@ -89,6 +89,10 @@ def compile_expr(expr: ast.Expr, scope: Scope) -> Compiled:
         parts = [(name, compile_expr(e, scope)) for name, e in expr.fields]
         struct_type = SqlType("STRUCT", fields=tuple((n, c.type or STRING) for n, c in parts))
         return Compiled(lambda row: {n: c.fn(row) for n, c in parts}, struct_type)
+    if isinstance(expr, ast.ArrayConstructor):
+        items = [compile_expr(e, scope) for e in expr.items]
+        item_type = next((i.type for i in items if i.type is not None), STRING)
+        return Compiled(lambda row: [i.fn(row) for i in items], SqlType("ARRAY", item=item_type))
     if isinstance(expr, ast.BinaryOp):
         return _compile_binary(expr, scope)
     if isinstance(expr, ast.Not):
@@ -190,7 +194,7 @@ def _compile_call(expr: ast.FunctionCall, scope: Scope) -> Compiled:
     args = [compile_expr(a, scope) for a in expr.args]
     fns = [a.fn for a in args]
     result_type = function.returns([a.type for a in args])
-    call = function.fn
+    call = function.fn() if function.per_call_site else function.fn
 
     def invoke(row):
         return call(*(f(row) for f in fns))

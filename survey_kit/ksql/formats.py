@@ -288,9 +288,7 @@ class DelimitedFormat(ValueFormat):
     def serialize(self, row):
         if row is None:
             return None
-        out = io.StringIO()
-        csv.writer(out, lineterminator="").writerow(["" if row.get(c.name) is None else _text(row.get(c.name)) for c in self.columns])
-        return out.getvalue().encode()
+        return delimited_line([row.get(c.name) for c in self.columns]).encode()
 
     def deserialize(self, data):
         if data is None:
@@ -305,6 +303,32 @@ class DelimitedFormat(ValueFormat):
             return {c.name: None if f == "" else coerce(f, c.type, c.name) for c, f in zip(self.columns, fields)}
         except ValueError as exc:
             raise RecordError(str(exc)) from None
+
+
+def _quote_needed(text: str, first: bool) -> bool:
+    """Apache Commons CSV's minimal quoting, which ksqlDB's DELIMITED format uses."""
+    if text == "":
+        return first
+    c = text[0]
+    if first and not (c.isascii() and c.isalnum()):
+        return True
+    if c <= "#":
+        return True
+    if any(ch in text for ch in ',"\r\n'):
+        return True
+    return text[-1] <= " "
+
+
+def delimited_line(values) -> str:
+    """One DELIMITED record: NULL is empty, text quoted where Commons CSV would quote it."""
+    fields = []
+    for i, value in enumerate(values):
+        if value is None:
+            fields.append("")
+            continue
+        text = _text(value)
+        fields.append('"' + text.replace('"', '""') + '"' if _quote_needed(text, i == 0) else text)
+    return ",".join(fields)
 
 
 def _text(value) -> str:
@@ -473,6 +497,14 @@ class KeyFormat:
             )
         if self.name not in KEY_FORMATS:
             raise KsqlError(f"Key format {self.name} is outside the engine's subset (KAFKA, JSON, DELIMITED).")
+        if self.name == "DELIMITED":
+            for c in columns:
+                if c.type.base in ("ARRAY", "MAP", "STRUCT"):
+                    raise KsqlError(f"The 'DELIMITED' format does not support type '{c.type.base}', column: `{c.name}`")
+        if self.name == "AVRO":
+            for c in columns:
+                if c.type.base in ("ARRAY", "MAP", "STRUCT"):
+                    raise KsqlError(f"AVRO keys of type {c.type.base} are outside the engine's subset (column {c.name}).")
         if self.name == "KAFKA":
             if len(columns) > 1:
                 raise KsqlError(
@@ -499,9 +531,7 @@ class KeyFormat:
             if len(self.columns) == 1:
                 return json.dumps(key[0], default=_json_default).encode()
             return json.dumps({c.name: v for c, v in zip(self.columns, key)}, default=_json_default).encode()
-        out = io.StringIO()
-        csv.writer(out, lineterminator="").writerow(["" if v is None else _text(v) for v in key])
-        return out.getvalue().encode()
+        return delimited_line(key).encode()
 
     def _avro_key_bytes(self, key: tuple) -> bytes | None:
         if self._avro is not None:

@@ -86,11 +86,20 @@ def _coalesce(*args):
     return next((a for a in args if a is not None), None)
 
 
-def _bad_udf(value):
-    # ksqlDB's test-only UDF: throws for non-null input (its errors become NULL).
-    if value is None:
-        return None
-    raise ValueError("bad_udf always fails")
+class _BadUdf:
+    """ksqlDB's test-only BAD_UDF: an INT argument makes it throw; a STRING one
+    makes it return NULL on every other call. Each call site keeps its own count."""
+
+    def __init__(self):
+        self.calls = 0
+
+    def __call__(self, value):
+        if value is None:
+            return None
+        if isinstance(value, int):
+            raise ValueError("BAD_UDF fails on purpose")
+        self.calls += 1
+        return None if self.calls % 2 == 1 else value
 
 
 @dataclass(frozen=True)
@@ -100,6 +109,7 @@ class ScalarFunction:
     returns: Callable[[list[SqlType]], SqlType]
     min_args: int
     max_args: int | None
+    per_call_site: bool = False  # fn is a factory: each compiled call gets its own instance
 
 
 def _same_as_first(types: list[SqlType]) -> SqlType:
@@ -132,7 +142,7 @@ SCALAR_FUNCTIONS: dict[str, ScalarFunction] = {
         ScalarFunction("IFNULL", _ifnull, _same_as_first, 2, 2),
         ScalarFunction("COALESCE", _coalesce, _same_as_first, 1, None),
         ScalarFunction("AS_VALUE", lambda v: v, _same_as_first, 1, 1),
-        ScalarFunction("BAD_UDF", _bad_udf, _fixed(INT), 1, 1),
+        ScalarFunction("BAD_UDF", _BadUdf, lambda types: types[0] if types and types[0] else INT, 1, 1, per_call_site=True),
     ]
 }
 

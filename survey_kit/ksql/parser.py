@@ -236,6 +236,9 @@ class _ToAst(Transformer):
             return ast.FunctionCall(name, (), star=True)
         return ast.FunctionCall(name, tuple(a for a in args if a is not None))
 
+    def array_constructor(self, _kw, *items):
+        return ast.ArrayConstructor(tuple(items))
+
     def struct_field_value(self, name, expr):
         return (name, expr)
 

@@ -88,6 +88,9 @@ def create_source(statement: ast.CreateSource, schemas: SchemaStore | None) -> D
     props = statement.properties
     if "KAFKA_TOPIC" not in props:
         raise KsqlError(f"Missing required property \"KAFKA_TOPIC\" in CREATE {statement.kind} {statement.name} (at {statement.position}).")
+    for unsupported in ("KEY_SCHEMA_ID", "VALUE_SCHEMA_ID"):
+        if unsupported in props:
+            raise KsqlError(f"Property {unsupported} is outside the engine's subset: let the engine infer or derive the schema.")
     key_format, value_format = _format_properties(props)
     if value_format is None:
         raise KsqlError(f"Missing required property \"VALUE_FORMAT\" or \"FORMAT\" in CREATE {statement.kind} {statement.name}.")
@@ -130,8 +133,7 @@ def create_source(statement: ast.CreateSource, schemas: SchemaStore | None) -> D
         if kind != "TUMBLING":
             raise KsqlError(f"WINDOW_TYPE {kind} is outside the engine's subset (TUMBLING).")
         window = WindowInfo("TUMBLING", _parse_duration_text(props.get("WINDOW_SIZE", "")), 0)
-    if key_format != "AVRO":
-        KeyFormat(key_format, key_columns)  # validates the key columns against the key format
+    KeyFormat(key_format, key_columns, store=schemas)  # validates the key columns against the key format
     _check_value_format(value_format, value_columns)
     return DataSource(
         name=statement.name,
@@ -449,6 +451,8 @@ def _make_sink(statement, topic, key_columns, value_columns, key_format, value_f
             reason = f"The 'KAFKA' format does not support type '{key_columns[0].type.base}'"
         raise KsqlError(f"Key format does not support schema.\nformat: KAFKA\nschema: Persistence{{columns=[{cols}], features=[]}}\nreason: {reason}")
     _check_value_format(value_format, value_columns)
+    if key_format in ("DELIMITED", "AVRO"):
+        KeyFormat(key_format, key_columns, store=None if key_format != "AVRO" else _NO_STORE)
     return DataSource(
         name=statement.name,
         kind=statement.kind,
@@ -462,6 +466,16 @@ def _make_sink(statement, topic, key_columns, value_columns, key_format, value_f
         avro_full_name=statement.properties.get("VALUE_AVRO_SCHEMA_FULL_NAME"),
         statement=statement.text,
     )
+
+
+class _NoStore:
+    """Stands in for a schema store when only the key columns are being validated."""
+
+    def register(self, subject, schema):  # pragma: no cover - never called while validating
+        raise KsqlError("no schema registry configured")
+
+
+_NO_STORE = _NoStore()
 
 
 def _join_names(parts: list[str]) -> str:
@@ -541,6 +555,12 @@ def _plan_aggregation(statement, query_id, left, query, scope, items, where, joi
             column = scope.resolve(g)
             post.precomputed[ast.ColumnRef(column.name, column.source)] = (f"__k{i}", compiled.type)
             post.precomputed[ast.ColumnRef(column.name)] = (f"__k{i}", compiled.type)
+    if window and is_join:
+        for expr, _ in items:
+            for node in ast.walk(expr):
+                if isinstance(node, ast.ColumnRef) and node.name in ("WINDOWSTART", "WINDOWEND"):
+                    # ksqlDB cannot resolve window bounds in a windowed join (its issue 5931)
+                    raise KsqlError(f"SELECT column '{node.name}' cannot be resolved.")
     if window:
         post.precomputed[ast.ColumnRef("WINDOWSTART")] = ("WINDOWSTART", BIGINT)
         post.precomputed[ast.ColumnRef("WINDOWEND")] = ("WINDOWEND", BIGINT)
