@@ -14,8 +14,8 @@ import threading
 from collections.abc import Callable
 from typing import Any
 
-from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, KafkaException, Message, TopicPartition
-from confluent_kafka.error import ConsumeError
+from confluent_kafka import OFFSET_BEGINNING, KafkaError, Message, TopicPartition
+from confluent_kafka.error import ConsumeError, KeyDeserializationError, ValueDeserializationError
 
 from ..cluster import Cluster
 from ..consume import TopicMissing, partitions_of
@@ -29,11 +29,10 @@ OnRecord = Callable[[Message, Any], None]
 class TopicFollower:
     """Calls `on_record(message, decoded_value)` for every record of `topic`, now and as they come."""
 
-    def __init__(self, cluster: Cluster, topic: str, on_record: OnRecord, *, decode: bool = True):
+    def __init__(self, cluster: Cluster, topic: str, on_record: OnRecord):
         self.cluster = cluster
         self.topic = topic
         self.on_record = on_record
-        self.decode = decode
         self.caught_up = threading.Event()
         self.records = 0
         self.error: str | None = None
@@ -71,30 +70,25 @@ class TopicFollower:
         partitions = self._partitions()
         if not partitions:
             return
-        config = {"enable.partition.eof": True}
-        if self.decode:
-            consumer = avro_consumer(self.cluster, **config)
-        else:
-            consumer = Consumer(self.cluster.consumer_config(**config))
+        consumer = avro_consumer(self.cluster, **{"enable.partition.eof": True})
         try:
             consumer.assign([TopicPartition(self.topic, p, OFFSET_BEGINNING) for p in partitions])
             at_end: set[int] = set()
             while not self._stop.is_set():
                 try:
                     message = consumer.poll(0.5)
-                except ConsumeError as exc:  # a record that does not decode: skip it, say so
-                    log.error("skipping an undecodable record on %s: %s", self.topic, exc)
+                except ConsumeError as exc:  # what a DeserializingConsumer makes of every event
+                    if exc.code == KafkaError._PARTITION_EOF:
+                        at_end.add(exc.kafka_message.partition())
+                        if at_end >= set(partitions):
+                            self.caught_up.set()
+                    elif isinstance(exc, (KeyDeserializationError, ValueDeserializationError)):
+                        log.error("skipping an undecodable record on %s: %s", self.topic, exc)
+                    else:  # librdkafka recovers from these by itself (broker down, ...)
+                        self.error = str(exc)
                     continue
                 if message is None:
                     continue
-                error = message.error()
-                if error is not None:
-                    if error.code() == KafkaError._PARTITION_EOF:
-                        at_end.add(message.partition())
-                        if at_end >= set(partitions):
-                            self.caught_up.set()
-                        continue
-                    raise KafkaException(error)
                 self.error = None
                 self.records += 1
                 self.on_record(message, message.value())

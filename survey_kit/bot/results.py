@@ -1,12 +1,14 @@
 """Survey results as the bot shows them: read from the result topics, drawn as text bars.
 
-`parse_result` is the one place that knows the record format the ksql pipeline writes to
-survey-results-live and survey-results-final (a HISTOGRAM map `RESULTS`, keyed by survey id or question,
-windows on the final topic); everything else works on `SurveyResult`.
+`parse_result` is the one place that knows the record format the ksql pipeline (ksql/05 and 06) writes:
+the key is the survey id (KAFKA format: UTF-8 bytes; on survey-results-final followed by the window start as
+8 big-endian bytes of epoch milliseconds, as Kafka Streams writes time-windowed keys); the Avro value has
+`QUESTION` and the HISTOGRAM map `RESULTS`. Everything else works on `SurveyResult`.
 """
 
 from __future__ import annotations
 
+import struct
 import threading
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -29,6 +31,7 @@ class SurveyResult:
 
     key: str  # the survey id or the question, as the result topic keys it
     counts: dict[str, int]
+    question: str | None = None
     window_start: datetime | None = None
     window_end: datetime | None = None
 
@@ -53,24 +56,29 @@ def _time(millis: Any) -> datetime | None:
     return None
 
 
-def parse_result(key: Any, value: Mapping[str, Any] | None) -> SurveyResult | None:
-    """A decoded result record -> SurveyResult; None for tombstones and records without a histogram."""
+def parse_result(key: bytes | str | None, value: Mapping[str, Any] | None, *, windowed: bool = False
+                 ) -> SurveyResult | None:
+    """A result record (raw key, decoded value) -> SurveyResult; None for tombstones and records without a
+    histogram. `windowed`: the key ends with the window start (survey-results-final)."""
     if value is None:
         return None
-    counts = _field(value, "results", "histogram", "counts")
+    counts = _field(value, "results")
     if not isinstance(counts, Mapping):
         return None
+    window_start = None
+    if isinstance(key, bytes) and windowed and len(key) >= 8:
+        key, (start_ms,) = key[:-8], struct.unpack(">q", key[-8:])
+        window_start = _time(start_ms)
     if isinstance(key, bytes):
         key = key.decode(errors="replace")
-    if isinstance(key, Mapping):
-        key = next((v for v in key.values() if isinstance(v, str)), None)
-    key = _field(value, "survey_id") or key or _field(value, "question")
-    if key is None:
+    key = key or _field(value, "survey_id") or _field(value, "question")
+    if not key:
         return None
     return SurveyResult(
         key=str(key),
         counts={str(option): int(n or 0) for option, n in counts.items()},
-        window_start=_time(_field(value, "windowstart", "window_start")),
+        question=_field(value, "question"),
+        window_start=window_start or _time(_field(value, "windowstart", "window_start")),
         window_end=_time(_field(value, "windowend", "window_end")),
     )
 
