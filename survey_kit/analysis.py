@@ -135,23 +135,27 @@ def _mark_entries(entries: pd.DataFrame, questions: pd.DataFrame | None) -> pd.D
 
 def _record_reasons(marked: pd.DataFrame, late: np.ndarray, unknown: np.ndarray) -> pd.Series:
     reasons = pd.Series("kept: its window was open when it arrived", index=marked.index, dtype=object)
-    for i in np.flatnonzero(late):
-        row = marked.iloc[i]
-        reasons.iat[i] = (
-            f"late record dropped: window [{_t(row.window_start)}, {_t(row.window_end)}) closed at "
-            f"end + grace = {_t(row.closes_at)}, and partition {row.partition} had reached stream time "
-            f"{_t(row.stream_time)} ({_span(row.stream_time_ms - row.closes_at_ms)} past it)"
-        )
-    for i in np.flatnonzero(unknown):
-        reasons.iat[i] = f"dropped: survey {marked['survey_id'].iat[i]!r} has no definition on survey-questions"
+    if late.any():
+        rows = marked[late]
+        reasons[late] = [
+            f"late record dropped: window [{_t(start)}, {_t(end)}) closed at end + grace = {_t(closes)}, and "
+            f"partition {partition} had reached stream time {_t(now)} ({_span(now_ms - closes_ms)} past it)"
+            for start, end, closes, now, partition, now_ms, closes_ms in zip(
+                rows["window_start"], rows["window_end"], rows["closes_at"], rows["stream_time"],
+                rows["partition"], rows["stream_time_ms"], rows["closes_at_ms"])
+        ]
+    if unknown.any():
+        reasons[unknown] = [f"dropped: survey {survey_id!r} has no definition on survey-questions"
+                            for survey_id in marked.loc[unknown, "survey_id"]]
     duplicates = marked["duplicate"].to_numpy()
     if duplicates.any():
         first = marked[~marked["duplicate"]].drop_duplicates("entry_id").set_index("entry_id")
-        for i in np.flatnonzero(duplicates):
-            entry_id = marked["entry_id"].iat[i]
-            origin = first.loc[entry_id]
-            reasons.iat[i] += (f"; duplicate entry id {entry_id} (first at partition {origin['partition']} "
-                               f"offset {origin['offset']}): ksqlDB counts it again")
+        repeated = marked[duplicates]
+        reasons[duplicates] = [
+            f"{reason}; duplicate entry id {entry_id} (first at partition {first.at[entry_id, 'partition']} "
+            f"offset {first.at[entry_id, 'offset']}): ksqlDB counts it again"
+            for reason, entry_id in zip(reasons[duplicates], repeated["entry_id"])
+        ]
     return reasons
 
 
@@ -322,8 +326,7 @@ def compare(
         if size is None:
             raise ValueError("comparing final results needs the window size (size=..., e.g. '48h') and grace")
         parts.append(_compare_final(entries, questions, definitions, final, size, grace, results_column))
-    comparison = pd.concat(parts, ignore_index=True)
-    return comparison[COMPARISON_COLUMNS]
+    return pd.concat(parts, ignore_index=True)  # live rows first, then final rows
 
 
 def _compare_live(entries, questions, definitions, live, results_column) -> pd.DataFrame:
@@ -332,9 +335,9 @@ def _compare_live(entries, questions, definitions, live, results_column) -> pd.D
     rows = counted.merge(streamed, on=["question", "option"], how="outer")
     rows = _fill_counts(rows)
     rows["result"] = "live"
-    rows["window_start"] = rows["window_end"] = pd.NaT
-    rows["window_closed"] = pd.NA
-    rows["closes_in"] = pd.NaT
+    rows["window_start"] = rows["window_end"] = pd.Series(pd.NaT, index=rows.index, dtype="datetime64[ms, UTC]")
+    rows["window_closed"] = pd.Series(pd.NA, index=rows.index, dtype="boolean")
+    rows["closes_in"] = pd.Series(pd.NaT, index=rows.index, dtype="timedelta64[ms]")
     rows["reason"] = [_reason(s, r, e, l, d, emitted, True, None, None)
                       for s, r, e, l, d, emitted in zip(rows["streamed"], rows["recomputed"], rows["expected"],
                                                         rows["late_dropped"], rows["duplicates"], rows["emitted"])]
@@ -359,8 +362,11 @@ def _compare_final(entries, questions, definitions, final, size, grace, results_
         window_closed=("closed", "all"), closes_in=("closes_in", "max"), explanation=("explanation", "first"))
     rows = rows.merge(status, on=["question", "window_start_ms"], how="left")
     rows["result"] = "final"
-    rows["window_start"] = pd.to_datetime(rows["window_start_ms"], unit="ms", utc=True)
-    rows["window_end"] = pd.to_datetime(rows["window_start_ms"] + size_ms, unit="ms", utc=True)
+    rows["window_start"] = pd.to_datetime(rows["window_start_ms"], unit="ms", utc=True).astype("datetime64[ms, UTC]")
+    rows["window_end"] = pd.to_datetime(rows["window_start_ms"] + size_ms, unit="ms", utc=True).astype(
+        "datetime64[ms, UTC]")
+    rows["window_closed"] = rows["window_closed"].astype("boolean")
+    rows["closes_in"] = pd.to_timedelta(rows["closes_in"]).astype("timedelta64[ms]")
     rows["reason"] = [_reason(s, r, e, l, d, emitted, False, closed, explanation)
                       for s, r, e, l, d, emitted, closed, explanation in
                       zip(rows["streamed"], rows["recomputed"], rows["expected"], rows["late_dropped"],
@@ -403,7 +409,7 @@ def _finish(rows: pd.DataFrame, definitions: pd.DataFrame) -> pd.DataFrame:
     ids = definitions.groupby("question")["survey_id"].agg(lambda s: ", ".join(sorted(s)))
     rows["survey_id"] = rows["question"].map(ids)
     order = ["survey_id", "question", "window_start", "option"]
-    return rows.sort_values(order, kind="stable", na_position="last", ignore_index=True)
+    return rows.sort_values(order, kind="stable", na_position="last", ignore_index=True)[COMPARISON_COLUMNS]
 
 
 def _reason(streamed, recomputed, expected, late, duplicates, emitted, live, closed, explanation) -> str:
@@ -415,8 +421,10 @@ def _reason(streamed, recomputed, expected, late, duplicates, emitted, live, clo
     if duplicates:
         causes.append(f"duplicate entry id ({duplicates})")
     missing = expected - streamed
-    if not live and not emitted and closed is False:
-        causes.append(f"window not closed yet ({expected} record(s) waiting): {explanation}")
+    window_open = closed is not None and not pd.isna(closed) and not closed
+    if not live and not emitted and window_open:
+        causes.append(f"window not closed yet ({expected} record(s) waiting): "
+                      f"{explanation.removeprefix('not closed yet: ')}")
     elif missing > 0 and (live or not emitted):
         causes.append(f"not yet processed ({missing})")
     elif missing > 0:
@@ -519,4 +527,11 @@ def _t(moment: pd.Timestamp) -> str:
 
 
 def _span(milliseconds: int) -> str:
-    return str(pd.Timedelta(milliseconds=int(milliseconds)))
+    """A duration for people: "2 d 3 h 9 min", "1.250 s"."""
+    seconds, millis = divmod(int(milliseconds), 1000)
+    minutes, seconds = divmod(seconds, 60)
+    hours, minutes = divmod(minutes, 60)
+    days, hours = divmod(hours, 24)
+    parts = [f"{days} d" if days else "", f"{hours} h" if hours else "", f"{minutes} min" if minutes else "",
+             (f"{seconds}.{millis:03d} s" if millis else f"{seconds} s") if seconds or millis else ""]
+    return " ".join(part for part in parts if part) or "0 s"
