@@ -54,6 +54,8 @@ class InputRecord:
     window_start: int | None
     value: dict | None
     headers: tuple = ()
+    # rows already built from this record, by slot prefix: queries reading the same record share them
+    rows: dict = field(default_factory=dict, repr=False)
 
 
 @dataclass
@@ -87,7 +89,7 @@ class PersistentQuery:
         self.stores = Stores()
         self.metrics = QueryMetrics()
         self.wall_clock_close = str(properties.get(EMIT_FINAL_WALL_CLOCK, "false")).lower() == "true"
-        self.caching = _int(properties.get(CACHE_BYTES, "0")) > 0 and not (plan.aggregation and plan.aggregation.emit_final)
+        self.caching = _int(properties.get(CACHE_BYTES, "0")) > 0 and bool(plan.aggregation) and not plan.aggregation.emit_final
         self._cache: OrderedDict[tuple, OutputRecord] = OrderedDict()
         self.status = "RUNNING"
 
@@ -115,18 +117,20 @@ class PersistentQuery:
             outputs = self._aggregate_stream(record)
         else:
             outputs = self._aggregate_windowed(record)
+        outputs = [o for o in outputs if o is not None]
         self.metrics.emitted += len(outputs)
-        if self.caching and outputs:
-            for out in outputs:
-                self._cache.pop((out.key,), None)
-                self._cache[(out.key,)] = out
-            return []
         return outputs
 
     def flush(self) -> list[OutputRecord]:
-        """Release updates coalesced by the record cache (call at each commit)."""
-        outputs = list(self._cache.values())
+        """Release the updates coalesced by the record cache (call at each commit).
+
+        With `ksql.streams.cache.max.bytes.buffering` > 0 an aggregate keeps only
+        the latest update of each key between commits, as ksqlDB's record cache
+        does; they are serialized here, once.
+        """
+        outputs = [self._serialize(*pending) for pending in self._cache.values()]
         self._cache.clear()
+        self.metrics.emitted += len(outputs)
         return outputs
 
     def punctuate(self, wall_clock_ms: int) -> list[OutputRecord]:
@@ -156,6 +160,13 @@ class PersistentQuery:
     # ------------------------------------------------------------ rows
 
     def _row(self, record: InputRecord, source: DataSource, prefix: str) -> dict[str, Any]:
+        """The record as a row of slots (shared by the queries reading it: do not modify)."""
+        row = record.rows.get(prefix)
+        if row is None:
+            row = record.rows[prefix] = self._build_row(record, source, prefix)
+        return row
+
+    def _build_row(self, record: InputRecord, source: DataSource, prefix: str) -> dict[str, Any]:
         row: dict[str, Any] = {}
         for column, value in zip(source.key_columns, record.key):
             row[prefix + column.name] = value
@@ -174,6 +185,7 @@ class PersistentQuery:
         plan = self.plan
         row = self._row(record, plan.source, plan.slot_prefix[plan.source_alias])
         if plan.join:
+            row = dict(row)
             join_key = evaluate_safely(plan.join.stream_key.fn, row)
             table_row = self.stores.get("join_table").get((join_key,)) if join_key is not None else None
             if table_row is None:
@@ -200,7 +212,15 @@ class PersistentQuery:
         row = self._row(record, join.table, self.plan.slot_prefix[join.table_alias])
         table.put(record.key, row)
 
-    def _output(self, key: tuple, value: dict | None, timestamp: int, window_start: int | None = None) -> OutputRecord:
+    def _output(self, key: tuple, value: dict | None, timestamp: int, window_start: int | None = None) -> OutputRecord | None:
+        if self.caching:
+            cache_key = (_hashable(key), window_start)
+            self._cache.pop(cache_key, None)  # re-inserted last: updates leave in the order of their latest change
+            self._cache[cache_key] = (key, value, timestamp, window_start)
+            return None
+        return self._serialize(key, value, timestamp, window_start)
+
+    def _serialize(self, key: tuple, value: dict | None, timestamp: int, window_start: int | None) -> OutputRecord:
         serdes = self.sink_serdes
         return OutputRecord(
             topic=self.plan.sink.topic,
