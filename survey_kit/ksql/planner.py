@@ -392,7 +392,6 @@ def plan_query(
 def _plan_projection(statement, query_id, left, query, scope, items, where, join_plan, prefix, key_format, value_format, topic) -> QueryPlan:
     is_join = join_plan is not None
     names = _Names({c.name for c in scope.columns})
-    key_refs: list[ast.ColumnRef]
     if is_join:
         join_on = query.joins[0].on
         key_refs = [e for e in (join_on.left, join_on.right) if isinstance(e, ast.ColumnRef)]
@@ -400,11 +399,15 @@ def _plan_projection(statement, query_id, left, query, scope, items, where, join
     else:
         key_slots = {prefix[query.source.alias] + c.name for c in left.key_columns}
     key_columns, key_projection, value_columns, value_projection = [], [], [], []
+    used_key_slots: set[str] = set()
     for expr, alias in items:
         compiled = compile_expr(expr, scope)
         name = _item_name(expr, alias, is_join, scope) or names.next()
-        is_key = isinstance(expr, ast.ColumnRef) and scope.resolve(expr).slot in key_slots and not key_columns
+        slot = scope.resolve(expr).slot if isinstance(expr, ast.ColumnRef) else None
+        # a join has one key: the first selected side of its condition
+        is_key = slot in key_slots and slot not in used_key_slots and not (is_join and key_columns)
         if is_key:
+            used_key_slots.add(slot)
             key_columns.append(Column(name, compiled.type))
             key_projection.append(compiled)
         else:
@@ -413,7 +416,8 @@ def _plan_projection(statement, query_id, left, query, scope, items, where, join
     expected_keys = 1 if is_join else len(left.key_columns)
     if len(key_columns) < expected_keys:
         if is_join:
-            raise KsqlError(f"The query used to build `{statement.name}` must include the join expression {join_plan.stream_key_text if hasattr(join_plan, 'stream_key_text') else _join_key_text(query, scope)} in its projection (eg, SELECT {_join_key_text(query, scope)}...).")
+            join_key = _join_key_text(query, scope)
+            raise KsqlError(f"The query used to build `{statement.name}` must include the join expression {join_key} in its projection (eg, SELECT {join_key}...).")
         missing = [c.name for c in left.key_columns]
         raise KsqlError(f"The query used to build `{statement.name}` must include the key column {', '.join(missing)} in its projection (eg, SELECT {', '.join(missing)}...).")
     _check_duplicates(value_columns, key_columns)
@@ -564,9 +568,6 @@ def _plan_aggregation(statement, query_id, left, query, scope, items, where, joi
     if window:
         post.precomputed[ast.ColumnRef("WINDOWSTART")] = ("WINDOWSTART", BIGINT)
         post.precomputed[ast.ColumnRef("WINDOWEND")] = ("WINDOWEND", BIGINT)
-
-    def strict_select(expr: ast.Expr) -> str:
-        return "__select__"
 
     names = _Names({c.name for c in scope.columns})
     key_columns: list[Column | None] = [None] * len(group_by)
