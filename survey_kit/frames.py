@@ -152,6 +152,7 @@ class TopicTail:
         self._cluster = cluster
         self._windowed = windowed
         self._window_size = window_size
+        self._schemas: dict = {}  # writer schemas by id, fetched once for the whole tail
         self._stopped = threading.Event()
         self._thread: threading.Thread | None = None
         self._lock = threading.Lock()
@@ -171,7 +172,8 @@ class TopicTail:
             if self._consumer is None:
                 raise RuntimeError(f"the tail of {self.topic!r} is stopped")
             messages = self._consumer.consume(self.batch_size, self.poll_timeout if timeout is None else timeout)
-            builder = _RowBuilder(self._cluster, self.topic, windowed=self._windowed, window_size=self._window_size)
+            builder = _RowBuilder(self._cluster, self.topic, windowed=self._windowed, window_size=self._window_size,
+                                  schemas=self._schemas, describe_empty=False)
             records = []
             for message in messages:
                 error = message.error()
@@ -325,7 +327,8 @@ class _RowBuilder:
     """Decodes records into column lists and builds the frame at the end."""
 
     def __init__(self, cluster: Cluster, topic: str, *, windowed: bool = False,
-                 window_size: DurationLike | None = None, raise_errors: bool = False):
+                 window_size: DurationLike | None = None, raise_errors: bool = False,
+                 schemas: dict | None = None, describe_empty: bool = True):
         self.topic = topic
         self.registry = cluster.registry()
         self.windowed = windowed
@@ -333,6 +336,7 @@ class _RowBuilder:
         if self.window_ms is not None and not windowed:
             raise ValueError("window_size only applies to windowed keys: pass windowed=True as well")
         self.raise_errors = raise_errors
+        self.describe_empty = describe_empty  # an empty frame gets the registered schema's columns
         self.keys: list[str | None] = []
         self.window_starts: list[int] = []
         self.timestamps: list[int] = []
@@ -342,7 +346,8 @@ class _RowBuilder:
         self.values: list[tuple | None] = []  # one tuple per record, in its schema's field order
         self.value_fields: list[tuple[str, ...]] = []  # the field names of each row's tuple
         self.errors: list[dict[str, Any]] = []
-        self._schemas: dict[int, tuple[Any, tuple[str, ...], bool] | str] = {}  # id -> schema or error text
+        # schema id -> (parsed schema, field names, is a record) or the error text; shareable between builders
+        self._schemas: dict[int, tuple[Any, tuple[str, ...], bool] | str] = {} if schemas is None else schemas
 
     def add(self, messages: list[Message], start_ms: int | None = None, end_ms: int | None = None) -> None:
         reader = fastavro.schemaless_reader
@@ -387,16 +392,19 @@ class _RowBuilder:
 
     def _fetch_schema(self, schema_id: int) -> tuple[Any, tuple[str, ...], bool] | str:
         try:
-            schema = self.registry.get_schema(schema_id)
-            parsed = fastavro.parse_schema(json.loads(schema.schema_str))
+            entry: Any = _parsed(self.registry.get_schema(schema_id).schema_str)
         except Exception as exc:
-            entry: Any = f"schema id {schema_id} is not usable from the registry: {exc}"
-        else:
-            is_record = isinstance(parsed, dict) and parsed.get("type") == "record"
-            fields = tuple(f["name"] for f in parsed["fields"]) if is_record else ("value",)
-            entry = (parsed, fields, is_record)
+            entry = f"schema id {schema_id} is not usable from the registry: {exc}"
         self._schemas[schema_id] = entry
         return entry
+
+    def _registered_fields(self) -> tuple[str, ...]:
+        """The value columns of a frame without records: the fields of the topic's latest registered schema."""
+        try:
+            latest = self.registry.get_latest_version(f"{self.topic}-value")
+            return _parsed(latest.schema.schema_str)[1]
+        except Exception:  # no subject for this topic (or no registry): no value columns to show
+            return ()
 
     def _failed(self, message: Message, exc: Exception) -> None:
         where = f"{self.topic}[{message.partition()}]@{message.offset()}"
@@ -443,6 +451,8 @@ class _RowBuilder:
 
     def _value_frame(self) -> pd.DataFrame:
         schemas = {fields for fields in self.value_fields if fields}
+        if not schemas and not self.errors and self.describe_empty:
+            schemas = {self._registered_fields()} - {()}
         if len(schemas) <= 1:
             names = list(next(iter(schemas), ()))
             width = len(names)
@@ -453,6 +463,14 @@ class _RowBuilder:
         return pd.DataFrame.from_records(
             [dict(zip(fields, row)) if row is not None else {} for fields, row in zip(self.value_fields, self.values)]
         )
+
+
+def _parsed(schema_str: str) -> tuple[Any, tuple[str, ...], bool]:
+    """A writer schema parsed for fastavro, with its field names (a non-record value is one column)."""
+    parsed = fastavro.parse_schema(json.loads(schema_str))
+    is_record = isinstance(parsed, dict) and parsed.get("type") == "record"
+    fields = tuple(f["name"] for f in parsed["fields"]) if is_record else ("value",)
+    return parsed, fields, is_record
 
 
 def _split_windowed_key(raw: bytes | None) -> tuple[str, int]:
