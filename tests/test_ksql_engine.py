@@ -27,8 +27,8 @@ def test_statements_outside_the_subset_are_rejected_with_the_construct_and_posit
     engine.execute(USERS)
     with pytest.raises(KsqlError, match=r"Unsupported statement 'INSERT' at line 1, column 1"):
         engine.execute("INSERT INTO users SELECT * FROM users;")
-    with pytest.raises(KsqlError, match="HOPPING windows are outside the engine's subset"):
-        engine.execute("CREATE TABLE t AS SELECT city, COUNT(*) FROM users WINDOW HOPPING (SIZE 1 MINUTE, ADVANCE BY 10 SECONDS) GROUP BY city;")
+    with pytest.raises(KsqlError, match=r"HOPPING windows are outside the engine's subset \(TUMBLING\) \(at line 2, column 3\)"):
+        engine.execute("CREATE TABLE t AS SELECT city, COUNT(*) FROM users\n  WINDOW HOPPING (SIZE 1 MINUTE, ADVANCE BY 10 SECONDS) GROUP BY city;")
     with pytest.raises(KsqlError, match="PARTITION BY is outside"):
         engine.execute("CREATE STREAM s AS SELECT * FROM users PARTITION BY city;")
     with pytest.raises(KsqlError, match="format PROTOBUF|Format PROTOBUF"):

@@ -69,6 +69,11 @@ def pipeline():
     return Pipeline()
 
 
+def test_sink_schemas_are_registered_when_the_pipeline_is_applied(pipeline):
+    for topic in ("survey-respondents", "survey-responses", "survey-results-live", "survey-results-final"):
+        assert pipeline.store.latest(f"{topic}-value") is not None, topic
+
+
 def test_entries_split_into_respondents_and_responses(pipeline):
     pipeline.entry("1", "Apple Pie", 1000, name="Ada", company="ACME", location="Lisbon")
     pipeline.entry("1", "Pecan Pie", 2000, name="Bob", company=None, location=None)

@@ -271,6 +271,7 @@ class WindowSpec:
     grace: Duration | None
     advance: Duration | None = None
     retention: Duration | None = None
+    position: Position | None = None
 
 
 @dataclass(frozen=True)
@@ -301,6 +302,7 @@ class Query:
     having: Expr | None
     emit: str | None  # CHANGES | FINAL | None
     limit: int | None
+    clause_positions: dict = field(default_factory=dict, compare=False)  # clause name -> Position
 
 
 # ---------------------------------------------------------------- statements

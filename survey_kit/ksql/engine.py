@@ -19,7 +19,7 @@ import json
 from dataclasses import dataclass, field
 
 from . import ast
-from .formats import KeyFormat, RecordError, SchemaStore, value_format
+from .formats import AvroFormat, KeyFormat, RecordError, SchemaStore, value_format
 from .operators import EMIT_FINAL_WALL_CLOCK, InputRecord, OutputRecord, PersistentQuery, Serdes
 from .parser import StatementText, parse_statement, split_statements, substitute
 from .planner import DataSource, create_source, plan_query
@@ -73,7 +73,7 @@ class Engine:
             try:
                 results.append(self.execute_statement(statement))
             except KsqlError as exc:
-                raise KsqlError(f"{exc}\nStatement: {statement.text}") from None
+                raise KsqlError(f"{exc}\nStatement at {statement.position}: {statement.text}") from None
         return results
 
     def execute_statement(self, statement: ast.Statement) -> StatementResult:
@@ -146,6 +146,9 @@ class Engine:
                 raise KsqlError(f"Cannot create {statement.kind.lower()} {statement.name}: it would read and write the same topic '{topic}'.")
         plan.sink.written_by = query_id
         self._register(plan.sink)
+        sink_value = self._serdes[plan.sink.name].value
+        if isinstance(sink_value, AvroFormat):
+            sink_value.register_schema()
         # a replaced query keeps its state, as ksqlDB's CREATE OR REPLACE does for compatible changes
         old = self.queries.get(query_id)
         query = PersistentQuery(plan, self._serdes[plan.sink.name], self.properties)

@@ -416,6 +416,14 @@ class AvroFormat(ValueFormat):
     def writer_schema(self) -> dict:
         return avro_value_schema(self.columns, self.full_name)
 
+    def register_schema(self, subject_suffix: str = "value", bare: bool = False) -> int:
+        """Register the schema this format writes (ksqlDB does so when the query is created)."""
+        if self._writer_id is None:
+            schema = sql_type_to_avro(self.columns[0].type, self.columns[0].name) if bare else self.writer_schema()
+            self._writer_id = self.store.register(f"{self.topic}-{subject_suffix}", json.dumps(schema))
+            self._writer = fastavro.parse_schema(schema)
+        return self._writer_id
+
     def serialize(self, row, subject_suffix: str = "value", bare: bool = False):
         if row is None:
             return None
@@ -425,9 +433,7 @@ class AvroFormat(ValueFormat):
         else:
             record = {c.name: _to_avro_value(row.get(c.name), c.type) for c in self.columns}
         if self._writer_id is None:
-            schema = sql_type_to_avro(self.columns[0].type, self.columns[0].name) if bare else self.writer_schema()
-            self._writer_id = self.store.register(f"{self.topic}-{subject_suffix}", json.dumps(schema))
-            self._writer = fastavro.parse_schema(schema)
+            self.register_schema(subject_suffix, bare)
         out = io.BytesIO()
         out.write(b"\x00" + struct.pack(">I", self._writer_id))
         fastavro.schemaless_writer(out, self._writer, record)

@@ -177,6 +177,7 @@ class _ToAst(Transformer):
     def __init__(self, statement: StatementText):
         super().__init__()
         self.statement = statement
+        self._clause_positions: dict[str, ast.Position] = {}
 
     def _pos(self, meta_or_token) -> ast.Position:
         line = getattr(meta_or_token, "line", 1) or 1
@@ -327,8 +328,10 @@ class _ToAst(Transformer):
     def window_params(self, *params):
         return dict(params)
 
-    def window(self, kind, params):
-        return ("window", ast.WindowSpec(str(kind).upper(), params.get("size"), params.get("grace"), params.get("advance"), params.get("retention")))
+    @v_args(meta=True, inline=True)
+    def window(self, meta, kind, params):
+        spec = ast.WindowSpec(str(kind).upper(), params.get("size"), params.get("grace"), params.get("advance"), params.get("retention"), self._pos(meta))
+        return ("window", spec)
 
     def where(self, expr):
         return ("where", expr)
@@ -336,7 +339,9 @@ class _ToAst(Transformer):
     def group_by(self, *exprs):
         return ("group_by", tuple(exprs))
 
-    def partition_by(self, *exprs):
+    @v_args(meta=True, inline=True)
+    def partition_by(self, meta, *exprs):
+        self._clause_positions["partition_by"] = self._pos(meta)
         return ("partition_by", tuple(exprs))
 
     def having(self, expr):
@@ -345,7 +350,9 @@ class _ToAst(Transformer):
     def emit(self, kind):
         return ("emit", str(kind).upper())
 
-    def limit(self, n):
+    @v_args(meta=True, inline=True)
+    def limit(self, meta, n):
+        self._clause_positions["limit"] = self._pos(meta)
         return ("limit", int(str(n)))
 
     @v_args(meta=True, inline=True)
@@ -396,6 +403,7 @@ class _ToAst(Transformer):
             having=parts.get("having"),
             emit=parts.get("emit"),
             limit=parts.get("limit"),
+            clause_positions=dict(self._clause_positions),
         )
 
     # --- statements

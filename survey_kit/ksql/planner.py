@@ -339,9 +339,9 @@ def plan_query(
     if len(query.joins) > 1:
         raise KsqlError(f"Joins of more than two sources are outside the engine's subset (at {query.joins[1].position}).")
     if query.partition_by:
-        raise KsqlError("PARTITION BY is outside the engine's subset.")
+        raise KsqlError(f"PARTITION BY is outside the engine's subset (at {query.clause_positions.get('partition_by')}).")
     if query.limit is not None:
-        raise KsqlError("LIMIT is not supported in persistent queries.")
+        raise KsqlError(f"LIMIT is not supported in persistent queries (at {query.clause_positions.get('limit')}).")
     join_ast = query.joins[0] if query.joins else None
     right = None
     if join_ast:
@@ -521,7 +521,7 @@ def _plan_aggregation(statement, query_id, left, query, scope, items, where, joi
     if query.window is not None:
         spec = query.window
         if spec.kind != "TUMBLING":
-            raise KsqlError(f"{spec.kind} windows are outside the engine's subset (TUMBLING).")
+            raise KsqlError(f"{spec.kind} windows are outside the engine's subset (TUMBLING) (at {spec.position}).")
         if left.kind == "TABLE":
             raise KsqlError("Windowed aggregation over a table is not supported.")
         grace = spec.grace.millis if spec.grace is not None else (0 if query.emit == "FINAL" else max(DEFAULT_GRACE_MS - spec.size.millis, 0))
