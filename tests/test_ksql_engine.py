@@ -197,3 +197,19 @@ def test_show_describe_drop_and_terminate():
     assert "USERS" not in engine.sources
     engine.execute("SET 'ksql.streams.cache.max.bytes.buffering' = '0';")
     assert engine.execute("SHOW PROPERTIES;")[0].rows == [{"property": "ksql.streams.cache.max.bytes.buffering", "value": "0"}]
+
+
+def test_stream_time_is_kept_per_input_partition():
+    engine = Engine()
+    engine.execute("CREATE STREAM votes (survey STRING KEY, answer STRING) WITH (kafka_topic='votes', value_format='JSON', partitions=2);")
+    engine.execute(
+        "CREATE TABLE final_counts AS SELECT survey, COUNT(*) AS n FROM votes"
+        " WINDOW TUMBLING (SIZE 10 SECONDS, GRACE PERIOD 0 SECONDS) GROUP BY survey EMIT FINAL;"
+    )
+    driver = Driver(engine)
+    pipe_json(driver, "votes", "a", {"answer": "x"}, timestamp=1_000, partition=0)
+    pipe_json(driver, "votes", "b", {"answer": "x"}, timestamp=2_000, partition=1)
+    pipe_json(driver, "votes", "b", {"answer": "y"}, timestamp=12_000, partition=1)  # closes partition 1's window only
+    assert [(r.key, r.value) for r in driver.read("FINAL_COUNTS")] == [(("b",), {"N": 1})]
+    pipe_json(driver, "votes", "a", {"answer": "y"}, timestamp=10_000, partition=0)
+    assert [(r.key, r.window_start, r.value) for r in driver.read("FINAL_COUNTS")] == [(("a",), 0, {"N": 1})]
