@@ -34,7 +34,7 @@ SCHEMA = "survey-entries"
 class EntryDelivery:
     """The bot's way to Kafka for survey entries. `deliver` is called from the bot's event loop."""
 
-    def __init__(self, cluster: Cluster, outbox: Outbox, *, delivery_timeout: float = 10.0,
+    def __init__(self, cluster: Cluster, outbox: Outbox, *, delivery_timeout: float = 120.0,
                  ack_wait: float = 3.0, max_backoff: float = 5.0):
         self.cluster = cluster
         self.outbox = outbox
@@ -80,6 +80,8 @@ class EntryDelivery:
     # ---- lifecycle ---------------------------------------------------------------------------------
 
     def start(self) -> EntryDelivery:
+        # Made now, so the first confirmation does not wait for the producer to start.
+        self._producer = self._new_producer()
         self._thread.start()
         return self
 
@@ -93,6 +95,8 @@ class EntryDelivery:
     # ---- the delivery thread -----------------------------------------------------------------------
 
     def _new_producer(self) -> SerializingProducer:
+        # A long message timeout lets the idempotent producer retry a record itself (the broker drops its
+        # duplicates); after a timeout the record is produced anew from the outbox and may arrive twice.
         return avro_producer(
             self.cluster,
             SCHEMA,

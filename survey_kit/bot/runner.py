@@ -51,7 +51,7 @@ class BotRunner:
 
     def __init__(self, settings: Settings | None = None, *, cluster: Cluster | None = None,
                  data_dir: str | Path | None = None, api_url: str | None = None, alerts: bool = True,
-                 ack_wait: float = 3.0, delivery_timeout: float = 10.0):
+                 ack_wait: float = 3.0, delivery_timeout: float = 120.0):
         self.cluster = cluster or connect(settings)
         self.settings = self.cluster.settings
         self.data_dir = Path(data_dir) if data_dir else default_data_dir()
