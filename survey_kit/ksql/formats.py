@@ -409,9 +409,11 @@ class AvroFormat(ValueFormat):
             raise KsqlError("AVRO format needs a schema registry: configure one for the engine")
         self.store = store
         self.full_name = full_name
-        self._readers: dict[int, Any] = {}
+        self._readers: dict[int, tuple[Any, list]] = {}
         self._writer_id: int | None = None
         self._writer = fastavro.parse_schema(avro_value_schema(columns, full_name))
+        # only nested types need converting between rows and Avro records
+        self._nested = [(c.name, c.type) for c in columns if c.type.base in ("MAP", "ARRAY", "STRUCT")]
 
     def writer_schema(self) -> dict:
         return avro_value_schema(self.columns, self.full_name)
@@ -431,13 +433,38 @@ class AvroFormat(ValueFormat):
             column = self.columns[0]
             record = _to_avro_value(row.get(column.name), column.type)
         else:
-            record = {c.name: _to_avro_value(row.get(c.name), c.type) for c in self.columns}
+            record = {c.name: row.get(c.name) for c in self.columns}
+            for name, sql_type in self._nested:
+                record[name] = _to_avro_value(record[name], sql_type)
         if self._writer_id is None:
             self.register_schema(subject_suffix, bare)
         out = io.BytesIO()
         out.write(b"\x00" + struct.pack(">I", self._writer_id))
         fastavro.schemaless_writer(out, self._writer, record)
         return out.getvalue()
+
+    def _reader(self, schema_id: int) -> tuple[Any, list]:
+        """The parsed writer schema of `schema_id` and how each column is read from its records."""
+        try:
+            writer = json.loads(self.store.schema_by_id(schema_id))
+        except Exception as exc:  # the store's own error types vary (HTTP, KeyError)
+            raise RecordError(f"unknown Avro schema id {schema_id}: {exc}") from None
+        fields = {f["name"].upper(): f for f in writer.get("fields", [])} if isinstance(writer, dict) and writer.get("type") == "record" else None
+        plan = []
+        for column in self.columns:
+            if fields is None:
+                plan.append((column, None, True))
+                continue
+            field = fields.get(column.name.upper())
+            if field is None:
+                plan.append((column, None, False))
+                continue
+            try:
+                same_type = avro_type_to_sql(field["type"]) == column.type and column.type.base not in ("MAP", "STRUCT")
+            except KsqlError:
+                same_type = False
+            plan.append((column, field["name"], not same_type))
+        return fastavro.parse_schema(writer), plan
 
     def deserialize(self, data):
         if data is None:
@@ -447,28 +474,26 @@ class AvroFormat(ValueFormat):
         schema_id = struct.unpack(">I", data[1:5])[0]
         reader = self._readers.get(schema_id)
         if reader is None:
-            try:
-                reader = fastavro.parse_schema(json.loads(self.store.schema_by_id(schema_id)))
-            except Exception as exc:  # the store's own error types vary (HTTP, KeyError)
-                raise RecordError(f"unknown Avro schema id {schema_id}: {exc}") from None
-            self._readers[schema_id] = reader
+            reader = self._readers[schema_id] = self._reader(schema_id)
+        parsed, plan = reader
         try:
-            decoded = fastavro.schemaless_reader(io.BytesIO(data[5:]), reader, None)
+            decoded = fastavro.schemaless_reader(io.BytesIO(data[5:]), parsed, None)
         except Exception as exc:  # fastavro raises many types for truncated or garbled data
             raise RecordError(f"cannot decode Avro value with schema id {schema_id}: {exc}") from None
         if not isinstance(decoded, dict):
             if len(self.columns) == 1:
-                decoded = {self.columns[0].name: decoded}
-            else:
-                raise RecordError("Avro value is not a record")
-        upper = {k.upper(): v for k, v in decoded.items()}
-        missing = [c.name for c in self.columns if c.name.upper() not in upper]
-        if missing:
-            raise RecordError(f"Avro record (schema id {schema_id}) lacks field(s) {missing}")
+                return {self.columns[0].name: coerce(_from_avro_value(decoded, self.columns[0].type), self.columns[0].type, self.columns[0].name)}
+            raise RecordError("Avro value is not a record")
+        row = {}
         try:
-            return {c.name: coerce(_from_avro_value(upper[c.name.upper()], c.type), c.type, c.name) for c in self.columns}
+            for column, field_name, convert in plan:
+                if field_name is None:
+                    raise RecordError(f"Avro record (schema id {schema_id}) lacks field {column.name}")
+                value = decoded[field_name]
+                row[column.name] = coerce(_from_avro_value(value, column.type), column.type, column.name) if convert else value
         except ValueError as exc:
             raise RecordError(str(exc)) from None
+        return row
 
 
 def value_format(name: str, columns: list[Column], topic: str, store: SchemaStore | None, avro_full_name: str | None = None) -> ValueFormat:
