@@ -162,23 +162,9 @@ def sql_type_to_avro(sql_type: SqlType, name: str):
     elif base == "ARRAY":
         inner = {"type": "array", "items": sql_type_to_avro(sql_type.item, name)}
     elif base == "MAP":
-        if sql_type.key.base == "STRING":
-            inner = {"type": "map", "values": sql_type_to_avro(sql_type.item, name)}
-        else:
-            # non-string keys: an array of key/value records (ksqlDB's MapEntry form)
-            inner = {
-                "type": "array",
-                "items": {
-                    "type": "record",
-                    "name": f"{AVRO_RECORD_NAME}_{name}",
-                    "namespace": AVRO_NAMESPACE,
-                    "fields": [
-                        {"name": "key", "type": sql_type_to_avro(sql_type.key, name), "default": None},
-                        {"name": "value", "type": sql_type_to_avro(sql_type.item, name), "default": None},
-                    ],
-                    "connect.internal.type": "MapEntry",
-                },
-            }
+        if sql_type.key.base != "STRING":
+            raise KsqlError(f"Avro only supports MAPs with STRING keys (column {name} is {sql_type}).")
+        inner = {"type": "map", "values": sql_type_to_avro(sql_type.item, name)}
     elif base == "STRUCT":
         inner = {
             "type": "record",
@@ -203,8 +189,6 @@ def avro_value_schema(columns: list[Column], full_name: str | None = None) -> di
 def _to_avro_value(value, sql_type: SqlType):
     if value is None:
         return None
-    if sql_type.base == "MAP" and sql_type.key.base != "STRING":
-        return [{"key": k, "value": _to_avro_value(v, sql_type.item)} for k, v in value.items()]
     if sql_type.base == "MAP":
         return {k: _to_avro_value(v, sql_type.item) for k, v in value.items()}
     if sql_type.base == "ARRAY":
