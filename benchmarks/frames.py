@@ -11,8 +11,9 @@ with an entry_id header as the bot writes them), then reads the topic three ways
 3. frames: ``read_topic(cluster, topic, progress=False)``, a complete DataFrame.
 
 Prints entries/s for each, frames' ratio to both, and each reader's peak memory above the process's
-resident size before it started. All three consume in batches (``consume(num_messages=...)``) and stop
-at each partition's end-of-partition event, so they differ only in decoding and what they build.
+resident size before it started. The baselines consume in batches (``consume(num_messages=...)``);
+frames reads through survey_kit.consume.read_messages (``poll()`` per record, measured as fast here).
+All stop at each partition's end-of-partition event.
 """
 
 from __future__ import annotations

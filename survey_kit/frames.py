@@ -30,6 +30,7 @@ confluent-kafka's AvroDeserializer per record (see ``benchmarks/frames.py``).
 from __future__ import annotations
 
 import io
+import itertools
 import json
 import threading
 import time
@@ -45,7 +46,7 @@ from confluent_kafka import OFFSET_BEGINNING, OFFSET_END, Consumer, KafkaError, 
 from tqdm.auto import tqdm
 
 from .cluster import Cluster
-from .consume import partitions_of
+from .consume import partitions_of, read_messages
 
 __all__ = ["read_topic", "errors_frame", "tail", "TopicTail", "MalformedRecord", "ENTRY_ID_HEADER"]
 
@@ -79,9 +80,10 @@ def read_topic(
 
     ``start``/``end`` are datetimes, ISO strings (UTC unless they say otherwise) or epoch milliseconds.
     The range is decided by each record's own timestamp, so out-of-order records are found wherever they
-    are in the log. ``windowed=True`` decodes Kafka Streams time-windowed keys (ksqlDB's windowed tables);
+    are in the log; the read goes through the whole topic (no seeking by time: the embedded broker's
+    offsets_for_times is wrong, see tests/test_broker_quirks.py). ``windowed=True`` decodes Kafka Streams time-windowed keys (ksqlDB's windowed tables);
     ``window_size`` (e.g. ``"48h"``) adds ``window_end``. ``progress`` shows a tqdm bar when a read takes
-    more than a second. ``timeout`` bounds how long it waits for Kafka without receiving anything.
+    more than a second. ``batch_size`` records are decoded at a time. ``timeout`` bounds how long it waits for Kafka without receiving anything.
     """
     if on_error not in ("collect", "raise"):
         raise ValueError(f"on_error must be 'collect' or 'raise', not {on_error!r}")
@@ -90,17 +92,13 @@ def read_topic(
     if start_ms is not None and end_ms is not None and end_ms <= start_ms:
         raise ValueError(f"the time range is empty: end ({end}) must be after start ({start})")
     builder = _RowBuilder(cluster, topic, windowed=windowed, window_size=window_size, raise_errors=on_error == "raise")
-    consumer = Consumer(cluster.consumer_config(**{"enable.partition.eof": True, "fetch.wait.max.ms": 100}))
-    try:
-        starts = _start_offsets(cluster, consumer, topic, start_ms)
-        bar = tqdm(total=_estimated_records(consumer, topic, starts), desc=topic, unit=" records",
-                   disable=not progress, delay=1.0, leave=False)
-        with bar:
-            for messages in _consume_to_end(consumer, topic, starts, batch_size, timeout, cluster.bootstrap_servers):
-                builder.add(messages, start_ms, end_ms)
-                bar.update(len(messages))
-    finally:
-        consumer.close()
+    # The end of the topic is decided by consume.read_messages (end-of-partition events, never the listed
+    # high watermark). Measured here, its poll() per record is as fast as consume() in batches.
+    records = read_messages(cluster, topic, timeout=timeout)
+    with tqdm(desc=topic, unit=" records", disable=not progress, delay=1.0, leave=False) as bar:
+        while chunk := list(itertools.islice(records, batch_size)):
+            builder.add(chunk, start_ms, end_ms)
+            bar.update(len(chunk))
     return builder.frame(warn=True)
 
 
@@ -258,66 +256,6 @@ class TopicTail:
 
 
 # --- reading -------------------------------------------------------------------------------------
-
-
-def _start_offsets(cluster: Cluster, consumer: Consumer, topic: str, start_ms: int | None) -> dict[int, int]:
-    """Where each partition's read starts: the beginning, or for a time range on a real Kafka cluster the
-    first offset at or after ``start`` (Kafka guarantees every earlier record is older than ``start``).
-
-    The embedded broker answers offsets_for_times wrongly (see tests/test_broker_quirks.py), so there the
-    read starts at the beginning and the timestamp filter alone decides; seeking is only an optimisation.
-    """
-    partitions = partitions_of(cluster, topic)
-    if start_ms is None or cluster.embedded:
-        return {p: OFFSET_BEGINNING for p in partitions}
-    found = consumer.offsets_for_times([TopicPartition(topic, p, start_ms) for p in partitions], timeout=10)
-    # -1: no record at or after start in that partition, so nothing of the range is there.
-    return {tp.partition: (tp.offset if tp.offset >= 0 else OFFSET_END) for tp in found}
-
-
-def _estimated_records(consumer: Consumer, topic: str, starts: dict[int, int]) -> int | None:
-    """A total for the progress bar only: the listed high watermark is low on the embedded broker."""
-    total = 0
-    try:
-        for partition, offset in starts.items():
-            low, high = consumer.get_watermark_offsets(TopicPartition(topic, partition), timeout=5)
-            total += max(0, high - (low if offset < 0 else offset))
-    except KafkaException:
-        return None
-    return total
-
-
-def _consume_to_end(
-    consumer: Consumer, topic: str, starts: dict[int, int], batch_size: int, timeout: float, servers: str
-) -> Iterator[list[Message]]:
-    """Batches of records from ``starts`` to each partition's end.
-
-    The end rule is survey_kit.consume.read_messages': a partition is done at its end-of-partition event,
-    never at the listed high watermark. This variant starts at given offsets and consumes in batches
-    (consume() is much faster than poll() per record).
-    """
-    consumer.assign([TopicPartition(topic, p, offset) for p, offset in starts.items()])
-    open_partitions = set(starts)
-    last_received = time.monotonic()
-    while open_partitions:
-        messages = consumer.consume(batch_size, 0.5)
-        if not messages:
-            if time.monotonic() - last_received >= timeout:
-                raise TimeoutError(
-                    f"no end of {topic!r} after {timeout:.0f} s without records: is Kafka at {servers} up?"
-                )
-            continue
-        last_received = time.monotonic()
-        records = []
-        for message in messages:
-            error = message.error()
-            if error is None:
-                records.append(message)
-            elif error.code() == KafkaError._PARTITION_EOF:
-                open_partitions.discard(message.partition())
-            else:
-                raise KafkaException(error)
-        yield records
 
 
 # --- decoding ------------------------------------------------------------------------------------
