@@ -83,19 +83,23 @@ def mark_records(
     size: DurationLike,
     grace: DurationLike = "0s",
     questions: pd.DataFrame | None = None,
+    join: str = "left",
 ) -> pd.DataFrame:
     """Each entry with what ksqlDB's windowed aggregation does with it, and why.
 
     Adds to the entries (in partition, offset order): ``window_start``, ``window_end``, ``closes_at``
     (window end + grace), ``stream_time`` (of its partition when it arrives), ``question`` (when
     ``questions`` is given), ``duplicate`` (its entry_id header was delivered before: ksqlDB counts it
-    again), ``status`` (``kept``, ``dropped-late``, or ``dropped-unknown-survey`` when the survey has no
-    definition and the join drops it) and ``reason`` (a sentence, e.g. why a record was late). Datetimes
-    are UTC; the ``*_ms`` twins hold epoch milliseconds.
+    again), ``status`` (``kept``, ``dropped-late``, or ``dropped-unknown-survey``) and ``reason`` (a
+    sentence, e.g. why a record was late). Datetimes are UTC; the ``*_ms`` twins hold epoch milliseconds.
+
+    ``join`` is how the pipeline joins entries to survey-questions: ``"left"`` as the project's ksql/ files
+    do (an entry of a survey without a definition is still counted), ``"inner"`` as the talk's slides do
+    (such an entry is dropped, ``dropped-unknown-survey``, and does not advance stream time).
     """
     size_ms = _duration_ms(size, "size")
     grace_ms = _duration_ms(grace, "grace", allow_zero=True)
-    marked = _mark_entries(entries, questions)
+    marked = _mark_entries(entries, questions, join)
     timestamps = marked["timestamp_ms"].to_numpy(dtype="int64")
     starts = timestamps - np.mod(timestamps, size_ms)
     marked["window_start_ms"] = starts
@@ -115,9 +119,11 @@ def mark_records(
     return marked
 
 
-def _mark_entries(entries: pd.DataFrame, questions: pd.DataFrame | None) -> pd.DataFrame:
+def _mark_entries(entries: pd.DataFrame, questions: pd.DataFrame | None, join: str = "left") -> pd.DataFrame:
     """Entries in partition, offset order with ``duplicate``, ``question`` and a first ``status``
-    (kept, or dropped-unknown-survey when ``questions`` lacks the survey)."""
+    (kept, or dropped-unknown-survey when an inner join finds no definition of the survey)."""
+    if join not in ("left", "inner"):
+        raise ValueError(f"join must be 'left' (as ksql/ does) or 'inner' (as the talk does), not {join!r}")
     _require(entries, ENTRY_COLUMNS, "survey-entries")
     marked = entries
     if "tombstone" in marked.columns:  # ksqlDB skips null values; survey-entries should have none
@@ -129,7 +135,9 @@ def _mark_entries(entries: pd.DataFrame, questions: pd.DataFrame | None) -> pd.D
     if questions is not None:
         definitions = survey_definitions(questions)
         marked["question"] = marked["survey_id"].map(dict(zip(definitions["survey_id"], definitions["question"])))
-        marked.loc[marked["question"].isna(), "status"] = DROPPED_UNKNOWN
+        if join == "inner":
+            known = marked["survey_id"].isin(set(definitions["survey_id"]))
+            marked.loc[~known, "status"] = DROPPED_UNKNOWN
     return marked
 
 
@@ -236,11 +244,13 @@ def live_histogram(
     *,
     one_per_respondent: bool = False,
     distinct_entries: bool = True,
+    join: str = "left",
 ) -> pd.DataFrame:
     """The all-time histogram per survey: survey_id, question (with ``questions``), option, count.
 
-    With ``questions``, every option of each survey's definition is listed (zero if nobody chose it) and
-    entries for surveys without a definition are left out (the stream-table join drops them). Each entry
+    With ``questions``, every option of each survey's definition is listed (zero if nobody chose it);
+    entries for surveys without a definition are listed with no question (``join="left"``, as ksql/
+    counts them) or left out (``join="inner"``, as the talk's join drops them). Each entry
     id counts once unless ``distinct_entries=False`` (which counts redeliveries, as ksqlDB does);
     ``one_per_respondent`` keeps only each user's latest answer per survey.
     """
@@ -254,10 +264,13 @@ def live_histogram(
     counts = counts.rename(columns={"response": "option"})
     if questions is None:
         return counts.sort_values(["survey_id", "option"], ignore_index=True)
+    if join not in ("left", "inner"):
+        raise ValueError(f"join must be 'left' (as ksql/ does) or 'inner' (as the talk does), not {join!r}")
     definitions = survey_definitions(questions)
     options = definitions[["survey_id", "question", "options"]].explode("options").rename(columns={"options": "option"})
     # Options someone answered that the definition does not list still count (a changed definition).
-    answered = counts.merge(definitions[["survey_id", "question"]], on="survey_id")[["survey_id", "question", "option"]]
+    answered = counts.merge(definitions[["survey_id", "question"]], on="survey_id", how=join)[
+        ["survey_id", "question", "option"]]
     every = pd.concat([options.dropna(subset=["option"]), answered]).drop_duplicates(["survey_id", "option"])
     histogram = every.merge(counts, on=["survey_id", "option"], how="left")
     histogram["count"] = histogram["count"].fillna(0).astype("int64")
@@ -304,78 +317,68 @@ def compare(
     size: DurationLike | None = None,
     grace: DurationLike = "0s",
     results_column: str = "RESULTS",
+    join: str = "left",
 ) -> pd.DataFrame:
     """Streamed results (survey-results-live and/or -final frames) next to the recomputation, row by row.
 
-    One row per result ("live" or "final"), survey, window (final only) and option, with columns:
-    ``streamed`` (ksqlDB's count, 0 if it has none), ``recomputed`` (distinct entries),
+    One row per result ("live" rows first, then "final"), survey, window (final only) and option, with
+    columns: ``streamed`` (ksqlDB's count, 0 if it has none), ``recomputed`` (distinct entries),
     ``difference`` (streamed - recomputed), ``reason`` ("agree", or each cause with its number of records:
     "late record dropped (2)", "duplicate entry id (1)", "not yet processed (3)", "window not closed yet
     ...", "unexplained ..."), ``expected`` (what ksqlDB should show by its rules), ``late_dropped``,
     ``duplicates``, ``emitted`` (the stream has a record for it), ``window_closed`` and ``closes_in``.
-    The results are keyed by question text as in the talk (a key equal to a survey id works too); surveys
-    sharing a question text are counted together, as ksqlDB's GROUP BY question does.
+
+    Results are matched to surveys by their key: the survey id, as ksql/ groups them, or the question
+    text, as the talk groups them (used when it names exactly one survey). ``join``: see :func:`mark_records`.
     """
     if live is None and final is None:
         raise ValueError("nothing to compare: pass live= (survey-results-live) and/or final= (survey-results-final)")
     definitions = survey_definitions(questions)
     parts = []
     if live is not None:
-        parts.append(_compare_live(entries, questions, definitions, live, results_column))
+        marked = _mark_entries(entries, questions, join)
+        rows = _joined(_counts(marked, ["survey_id", "response"]),
+                       _streamed_by_survey(streamed_histogram(live, results_column), definitions), ["survey_id", "option"])
+        rows["result"] = "live"
+        rows["window_start"] = rows["window_end"] = pd.Series(pd.NaT, index=rows.index, dtype="datetime64[ms, UTC]")
+        rows["window_closed"] = pd.Series(pd.NA, index=rows.index, dtype="boolean")
+        rows["closes_in"] = pd.Series(pd.NaT, index=rows.index, dtype="timedelta64[ms]")
+        rows["explanation"] = None
+        parts.append(_finish(rows, definitions, live=True))
     if final is not None:
         if size is None:
             raise ValueError("comparing final results needs the window size (size=..., e.g. '48h') and grace")
-        parts.append(_compare_final(entries, questions, definitions, final, size, grace, results_column))
-    return pd.concat(parts, ignore_index=True)  # live rows first, then final rows
+        parts.append(_compare_final(entries, questions, definitions, final, size, grace, results_column, join))
+    return pd.concat(parts, ignore_index=True)
 
 
-def _compare_live(entries, questions, definitions, live, results_column) -> pd.DataFrame:
-    counted = _counts(_mark_entries(entries, questions), ["question", "response"])
-    streamed = _streamed_by_question(streamed_histogram(live, results_column), definitions)
-    rows = counted.merge(streamed, on=["question", "option"], how="outer")
-    rows = _fill_counts(rows)
-    rows["result"] = "live"
-    rows["window_start"] = rows["window_end"] = pd.Series(pd.NaT, index=rows.index, dtype="datetime64[ms, UTC]")
-    rows["window_closed"] = pd.Series(pd.NA, index=rows.index, dtype="boolean")
-    rows["closes_in"] = pd.Series(pd.NaT, index=rows.index, dtype="timedelta64[ms]")
-    rows["reason"] = [_reason(s, r, e, l, d, emitted, True, None, None)
-                      for s, r, e, l, d, emitted in zip(rows["streamed"], rows["recomputed"], rows["expected"],
-                                                        rows["late_dropped"], rows["duplicates"], rows["emitted"])]
-    return _finish(rows, definitions)
-
-
-def _compare_final(entries, questions, definitions, final, size, grace, results_column) -> pd.DataFrame:
-    marked = mark_records(entries, size=size, grace=grace, questions=questions)
-    counted = _counts(marked, ["question", "window_start_ms", "response"])
+def _compare_final(entries, questions, definitions, final, size, grace, results_column, join) -> pd.DataFrame:
     size_ms = _duration_ms(size, "size")
+    marked = mark_records(entries, size=size, grace=grace, questions=questions, join=join)
     streamed = streamed_histogram(final, results_column)
     streamed["window_start_ms"] = _epoch_ms_of(streamed["window_start"]) if len(streamed) else pd.Series(dtype="int64")
-    streamed = _streamed_by_question(streamed.drop(columns=[c for c in ("window_start", "window_end")
-                                                            if c in streamed.columns]), definitions)
-    rows = _fill_counts(counted.merge(streamed, on=["question", "window_start_ms", "option"], how="outer"))
+    streamed = streamed.drop(columns=[c for c in ("window_start", "window_end") if c in streamed.columns])
+    keys = ["survey_id", "window_start_ms", "option"]
+    rows = _joined(_counts(marked, ["survey_id", "window_start_ms", "response"]),
+                   _streamed_by_survey(streamed, definitions), keys)
     rows["window_start_ms"] = rows["window_start_ms"].astype("int64")
     # A window closes by the stream time of the partition(s) its survey's entries are on.
-    status = window_status(marked.dropna(subset=["question"]))
-    status = status.merge(definitions[["survey_id", "question"]], on="survey_id")
+    status = window_status(marked)
     status["window_start_ms"] = _epoch_ms_of(status["window_start"])
-    status = status.groupby(["question", "window_start_ms"], as_index=False).agg(
-        window_closed=("closed", "all"), closes_in=("closes_in", "max"), explanation=("explanation", "first"))
-    rows = rows.merge(status, on=["question", "window_start_ms"], how="left")
+    status = status.rename(columns={"closed": "window_closed"})[
+        ["survey_id", "window_start_ms", "window_closed", "closes_in", "explanation"]]
+    rows = rows.merge(status, on=["survey_id", "window_start_ms"], how="left")
     rows["result"] = "final"
     rows["window_start"] = pd.to_datetime(rows["window_start_ms"], unit="ms", utc=True).astype("datetime64[ms, UTC]")
     rows["window_end"] = pd.to_datetime(rows["window_start_ms"] + size_ms, unit="ms", utc=True).astype(
         "datetime64[ms, UTC]")
     rows["window_closed"] = rows["window_closed"].astype("boolean")
     rows["closes_in"] = pd.to_timedelta(rows["closes_in"]).astype("timedelta64[ms]")
-    rows["reason"] = [_reason(s, r, e, l, d, emitted, False, closed, explanation)
-                      for s, r, e, l, d, emitted, closed, explanation in
-                      zip(rows["streamed"], rows["recomputed"], rows["expected"], rows["late_dropped"],
-                          rows["duplicates"], rows["emitted"], rows["window_closed"], rows["explanation"])]
-    return _finish(rows, definitions)
+    return _finish(rows, definitions, live=False)
 
 
 def _counts(marked: pd.DataFrame, keys: list[str]) -> pd.DataFrame:
-    """recomputed / expected / late_dropped / duplicates per keys, for surveys with a definition."""
+    """recomputed / expected / late_dropped / duplicates per keys (surveys a join drops left out)."""
     known = marked[marked["status"] != DROPPED_UNKNOWN]
     late = known["status"].eq(DROPPED_LATE)
     counted = known.assign(
@@ -387,17 +390,19 @@ def _counts(marked: pd.DataFrame, keys: list[str]) -> pd.DataFrame:
     return counted.rename(columns={"response": "option"})
 
 
-def _streamed_by_question(streamed: pd.DataFrame, definitions: pd.DataFrame) -> pd.DataFrame:
-    """Streamed rows keyed by question text (a key that is a survey id is mapped to its question)."""
-    questions = set(definitions["question"])
-    by_id = dict(zip(definitions["survey_id"], definitions["question"]))
-    streamed = streamed.assign(question=[k if k in questions else by_id.get(k, k) for k in streamed["key"]])
+def _streamed_by_survey(streamed: pd.DataFrame, definitions: pd.DataFrame) -> pd.DataFrame:
+    """Streamed rows with the survey id their key names: the key itself, or the one survey asking it."""
+    ids = set(definitions["survey_id"])
+    asked = definitions.groupby("question")["survey_id"].agg(list)
+    by_question = {question: found[0] for question, found in asked.items() if len(found) == 1}
+    streamed = streamed.assign(survey_id=[k if k in ids else by_question.get(k, k) for k in streamed["key"]])
     streamed = streamed.drop(columns="key").rename(columns={"count": "streamed"})
     streamed["emitted"] = True
     return streamed
 
 
-def _fill_counts(rows: pd.DataFrame) -> pd.DataFrame:
+def _joined(counted: pd.DataFrame, streamed: pd.DataFrame, keys: list[str]) -> pd.DataFrame:
+    rows = counted.merge(streamed, on=keys, how="outer")
     for column in ("recomputed", "expected", "late_dropped", "duplicates", "streamed"):
         rows[column] = rows[column].fillna(0).astype("int64")
     rows["emitted"] = rows["emitted"].fillna(False).astype(bool)
@@ -405,11 +410,16 @@ def _fill_counts(rows: pd.DataFrame) -> pd.DataFrame:
     return rows
 
 
-def _finish(rows: pd.DataFrame, definitions: pd.DataFrame) -> pd.DataFrame:
-    ids = definitions.groupby("question")["survey_id"].agg(lambda s: ", ".join(sorted(s)))
-    rows["survey_id"] = rows["question"].map(ids)
-    order = ["survey_id", "question", "window_start", "option"]
-    return rows.sort_values(order, kind="stable", na_position="last", ignore_index=True)[COMPARISON_COLUMNS]
+def _finish(rows: pd.DataFrame, definitions: pd.DataFrame, live: bool) -> pd.DataFrame:
+    rows["question"] = rows["survey_id"].map(dict(zip(definitions["survey_id"], definitions["question"])))
+    rows["reason"] = [
+        _reason(s, r, e, l, d, emitted, live, closed, explanation)
+        for s, r, e, l, d, emitted, closed, explanation in zip(
+            rows["streamed"], rows["recomputed"], rows["expected"], rows["late_dropped"], rows["duplicates"],
+            rows["emitted"], rows["window_closed"], rows["explanation"])
+    ]
+    order = ["survey_id", "window_start", "option"]
+    return rows.sort_values(order, kind="stable", ignore_index=True)[COMPARISON_COLUMNS]
 
 
 def _reason(streamed, recomputed, expected, late, duplicates, emitted, live, closed, explanation) -> str:

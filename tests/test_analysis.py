@@ -141,7 +141,7 @@ def late_scenario():
         {"ts": B + 5 * MIN, "response": "Pecan", "entry_id": "e4"},  # late: B+10+1 <= B+11
         {"ts": B + 12 * MIN, "response": "Other", "entry_id": "e5"},
         {"ts": B + 12 * MIN, "response": "Other", "entry_id": "e5"},  # delivered twice
-        # A survey without a definition: the join drops it, so its timestamp does not advance stream time.
+        # A survey without a definition: an inner join drops it, and then it does not advance stream time.
         {"ts": B + 30 * MIN, "response": "Other", "survey_id": "9", "entry_id": "e7"},
     ])
 
@@ -149,10 +149,11 @@ def late_scenario():
 def test_the_comparison_explains_every_difference_on_late_data():
     entries = late_scenario()
     questions = questions_frame(PIE)
+    # Keyed by question text and joined with an inner join, as in the talk.
     live = results_frame([("Pie?", {"Apple": 1}), ("Pie?", {"Apple": 3, "Pecan": 2, "Other": 1})])
     final = results_frame([("Pie?", {"Apple": 2, "Pecan": 1}, B)], windowed=True)
 
-    comparison = compare(entries, questions, live=live, final=final, size="10min", grace="1min")
+    comparison = compare(entries, questions, live=live, final=final, size="10min", grace="1min", join="inner")
 
     table = {(r.result, r.window_start if r.result == "final" else None, r.option): r for r in comparison.itertuples()}
     assert set(comparison["survey_id"]) == {"1"} and set(comparison["question"]) == {"Pie?"}
@@ -179,6 +180,32 @@ def test_the_comparison_explains_every_difference_on_late_data():
     assert final_rows.loc[(w1, "Pecan"), "window_closed"]
     assert final_rows.loc[(w2, "Other"), "closes_in"] == pd.Timedelta(minutes=9)
     assert not final_rows.loc[(w2, "Other"), "emitted"]
+
+
+def test_with_a_left_join_entries_of_undefined_surveys_count_and_advance_stream_time():
+    # As ksql/ does it: results keyed by survey id, entries of a survey without a definition counted.
+    live = results_frame([("1", {"Apple": 3, "Pecan": 2, "Other": 2})])
+    final = results_frame([("1", {"Apple": 2, "Pecan": 1}, B)], windowed=True)
+    comparison = compare(late_scenario(), questions_frame(PIE), live=live, final=final, size="10min", grace="1min")
+    reasons = {(r.result, r.survey_id, r.window_start if r.result == "final" else None, r.option): r.reason
+               for r in comparison.itertuples()}
+    w1, w2, w4 = (pd.Timestamp(B + m * MIN, unit="ms", tz="UTC") for m in (0, 10, 30))
+    assert reasons == {
+        ("live", "1", None, "Apple"): "agree",
+        ("live", "1", None, "Pecan"): "agree",
+        ("live", "1", None, "Other"): "duplicate entry id (1)",
+        ("live", "9", None, "Other"): "not yet processed (1)",
+        ("final", "1", w1, "Apple"): "agree",
+        ("final", "1", w1, "Pecan"): "late record dropped (1)",
+        # Survey 9's entry at B+30 moved partition 0's stream time past window 2's end + grace.
+        ("final", "1", w2, "Apple"): "not yet processed (1)",
+        ("final", "1", w2, "Other"): "duplicate entry id (1); not yet processed (2)",
+        ("final", "9", w4, "Other"): "window not closed yet (1 record(s) waiting): stream time 2025-11-24 "
+                                     "16:30:00.000 UTC is 11 min short of window end + grace 2025-11-24 "
+                                     "16:41:00.000 UTC; it closes when a record with a timestamp at or after "
+                                     "2025-11-24 16:41:00.000 UTC arrives on the survey's partition",
+    }
+    assert comparison.loc[comparison["survey_id"] == "9", "question"].isna().all()
 
 
 def test_the_comparison_agrees_on_clean_fully_processed_data():
@@ -225,10 +252,12 @@ def test_live_histogram_lists_every_option_and_can_keep_one_answer_per_responden
         {"ts": B + 4, "response": "Other", "survey_id": "9"},  # no such survey
     ])
     questions = questions_frame(PIE)
-    all_answers = live_histogram(entries, questions).set_index("option")["count"].to_dict()
-    assert all_answers == {"Apple": 1, "Pecan": 2, "Other": 0}
-    latest = live_histogram(entries, questions, one_per_respondent=True).set_index("option")["count"].to_dict()
-    assert latest == {"Apple": 0, "Pecan": 2, "Other": 0}
+    all_answers = live_histogram(entries, questions)
+    assert dict(zip(zip(all_answers["survey_id"], all_answers["option"]), all_answers["count"])) == {
+        ("1", "Apple"): 1, ("1", "Pecan"): 2, ("1", "Other"): 0, ("9", "Other"): 1}
+    assert all_answers.loc[all_answers["survey_id"] == "9", "question"].isna().all()
+    latest = live_histogram(entries, questions, one_per_respondent=True, join="inner")
+    assert latest.set_index("option")["count"].to_dict() == {"Apple": 0, "Pecan": 2, "Other": 0}
     assert list(one_answer_per_respondent(entries)["user_id"]) == ["bob", "ann", "u3"]
 
 
@@ -265,6 +294,13 @@ def test_shares_and_breakdowns_by_company_carry_intervals():
     overall = shares(live_histogram(entries, questions_frame(PIE))).set_index("option")
     assert overall.loc["Apple", "share"] == pytest.approx(8 / 11)
     assert overall.loc["Other", "ci_low"] == pytest.approx(0.0, abs=1e-12)
+
+
+def test_window_sizes_may_be_written_as_in_ksql():
+    marked = mark_records(entries_frame([{"ts": B + 49 * 3_600_000, "response": "x"}]), size="48 HOURS",
+                          grace="10 MINUTES")
+    assert marked.loc[0, "window_start_ms"] == B - B % (48 * 3_600_000) + 48 * 3_600_000
+    assert marked.loc[0, "closes_at_ms"] == marked.loc[0, "window_end_ms"] + 10 * MIN
 
 
 def test_frames_missing_columns_get_a_clear_message():
