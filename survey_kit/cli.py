@@ -3,6 +3,8 @@
     survey-kit up | down | status [--json]      the embedded stack
     survey-kit topics create                    the survey topics
     survey-kit survey create | list | disable   surveys on survey-questions
+    survey-kit engine                           the ksql engine (ksqlDB REST API) in the foreground
+    survey-kit ksql apply | check | test        the ksql pipeline
 
 ``--config PATH`` (or $SURVEY_KIT_CONFIG, or ./survey-kit.yaml) points every command at real
 infrastructure instead of the embedded stack.
@@ -79,6 +81,22 @@ def build_parser() -> argparse.ArgumentParser:
     disable = survey.add_parser("disable", help="stop offering a survey")
     disable.add_argument("survey_id", metavar="ID")
     disable.set_defaults(run=_survey_disable)
+
+    engine = commands.add_parser("engine", help="run the ksql engine and its REST API in the foreground")
+    engine.add_argument("--port", type=int, default=8088, help="port of its ksqlDB-compatible REST API (default 8088)")
+    engine.add_argument("--data-dir", default="engine-data", help="folder for its copy of the statements (default ./engine-data)")
+    engine.set_defaults(run=_engine)
+
+    from .ksql.cli import add_subcommands
+
+    ksql = commands.add_parser("ksql", help="the ksql pipeline: apply it, check it, run conformance tests")
+    ksql.set_defaults(run=lambda args: args.func(args) if hasattr(args, "func") else ksql.print_help() or 2)
+    ksql_commands = ksql.add_subparsers(metavar="ACTION")
+    apply = ksql_commands.add_parser("apply", help="apply the ksql/ statement files to ksqlDB or the embedded engine")
+    apply.add_argument("directory", nargs="?", default="ksql", metavar="DIR", help="folder of *.sql files (default: ksql)")
+    apply.add_argument("--define", action="append", default=[], metavar="NAME=VALUE", help="override a DEFINE'd variable")
+    apply.set_defaults(func=_ksql_apply)
+    add_subcommands(ksql_commands)
     return parser
 
 
@@ -147,6 +165,32 @@ def _survey_list(args) -> int:
 def _survey_disable(args) -> int:
     disable_survey(_cluster(args), args.survey_id)
     print(f"survey {args.survey_id} disabled")
+    return 0
+
+
+def _engine(args) -> int:
+    from .ksql.server import serve
+
+    return serve(_cluster(args), port=args.port, data_dir=args.data_dir)
+
+
+def _ksql_apply(args) -> int:
+    from .ksql.apply import ApplyError, apply_pipeline, ksql_client, register_value_schemas
+    from .ksql.cli import _parse_defines
+    from .ksql.types import KsqlError
+
+    cluster = _cluster(args)
+    try:
+        overrides = _parse_defines(args.define)
+        if not cluster.settings.ksqldb.url:
+            for subject in register_value_schemas(cluster):
+                print(f"schema registered for {subject}")
+        with ksql_client(cluster) as client:
+            for applied in apply_pipeline(client, args.directory, overrides):
+                print(f"{applied.path.name}: {applied.message}")
+    except (ApplyError, KsqlError) as exc:
+        print(f"survey-kit: error: {exc}", file=sys.stderr)
+        return 1
     return 0
 
 

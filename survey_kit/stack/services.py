@@ -105,4 +105,24 @@ TELEGRAM = Service(
     answers=http_answers,
 )
 
-SERVICES: dict[str, Service] = {service.name: service for service in (BROKER, REGISTRY, TELEGRAM)}
+
+def _engine_command(port: int, data_dir: Path, addresses: dict[str, str]) -> list[str]:
+    return [
+        *_python_module("survey_kit.ksql.server")(port, data_dir, addresses),
+        "--bootstrap-servers", addresses["bootstrap_servers"],
+        "--schema-registry-url", addresses["schema_registry_url"],
+    ]
+
+
+ENGINE = Service(
+    name="engine",
+    title="ksql engine",
+    default_port=8088,
+    address_key="ksqldb_url",
+    scheme="http://",
+    command=_engine_command,
+    answers=http_answers,
+    needs=("broker", "registry"),
+)
+
+SERVICES: dict[str, Service] = {service.name: service for service in (BROKER, REGISTRY, TELEGRAM, ENGINE)}

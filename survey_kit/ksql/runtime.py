@@ -1,0 +1,681 @@
+"""Run the engine's persistent queries against Kafka, exactly once.
+
+    runtime = EngineRuntime(cluster, engine_id="survey_kit", data_dir=Path("engine"))
+    runtime.start()                                   # a background thread consumes and produces
+    runtime.execute(open("ksql/03_survey_respondents.sql").read())
+    ...
+    runtime.stop()
+
+The engine (`engine.Engine`) is a pure core: records in, records out. This
+module is its Kafka I/O, shaped like Kafka Streams / ksqlDB:
+
+* one consumer `assign()`s every partition of the queries' source topics (no
+  group join; the embedded broker makes joins slow) and reads them in offset
+  order per partition, in batches;
+* the outputs, the state changes (`engine.drain_changes()`, to a compacted
+  changelog topic) and the input offsets (`send_offsets_to_transaction`) are
+  committed in one Kafka transaction every `commit_interval_ms` or
+  `commit_records` records, so a crash at any moment leaves the output topics
+  as if the engine had never stopped;
+* every statement that changes the engine (CREATE, DROP, TERMINATE, SET, ...)
+  is appended to a command topic, as ksqlDB does; on start the engine is
+  rebuilt from it, its state restored from the changelog and its inputs
+  resumed from the committed offsets. A copy of the commands kept in
+  `data_dir` rebuilds the engine when the broker lost its topics (the
+  embedded broker keeps them in memory);
+* malformed records become dead letters (the engine produces them; they are
+  counted), the broker going away is logged once per outage and survived.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, KafkaException, Producer, TopicPartition
+from confluent_kafka.admin import AdminClient, NewTopic
+
+from survey_kit.cluster import Cluster
+
+from . import ast
+from .engine import DEAD_LETTER_TOPIC, DEFAULT_DEAD_LETTER_TOPIC, Engine, StatementResult
+from .formats import RegistrySchemaStore
+from .operators import CACHE_BYTES, OutputRecord
+from .parser import parse_statement, split_statements, substitute
+from .types import KsqlError
+
+log = logging.getLogger("survey_kit.ksql.runtime")
+
+# ksqlDB's defaults where the engine core defaults differently (the core follows the QTT runs).
+RUNTIME_DEFAULT_PROPERTIES = {CACHE_BYTES: str(10 * 1024 * 1024)}
+# Statements that change what the engine runs: they are recorded in the command topic.
+_COMMANDS = (ast.CreateSource, ast.CreateAsSelect, ast.Drop, ast.Terminate)
+
+
+class RuntimeUnavailable(ConnectionError):
+    """The engine cannot reach Kafka right now (the message says what it tried)."""
+
+
+class StatementFailed(KsqlError):
+    """A statement was rejected: `statement` is its text, `results` what the statements before it did."""
+
+    def __init__(self, message: str, statement: str, results: list[StatementResult]):
+        super().__init__(message)
+        self.message = message
+        self.statement = statement
+        self.results = results
+
+
+@dataclass
+class RuntimeMetrics:
+    records_in: int = 0
+    records_out: int = 0
+    dead_letters: int = 0
+    commits: int = 0
+    aborts: int = 0
+    recoveries: int = 0
+
+
+@dataclass(frozen=True)
+class Command:
+    """One recorded statement (variables already substituted) and the properties it ran with."""
+
+    statement: str
+    properties: dict[str, str]
+
+    def encode(self) -> bytes:
+        return json.dumps({"statement": self.statement, "streamsProperties": self.properties}).encode()
+
+    @classmethod
+    def decode(cls, data: bytes) -> Command:
+        body = json.loads(data)
+        return cls(body["statement"], dict(body.get("streamsProperties") or {}))
+
+
+class EngineRuntime:
+    """An `Engine` whose persistent queries run on a Kafka cluster, exactly once.
+
+    `engine_id` names the internal topics (`_survey_kit_ksql_<id>_command`,
+    `..._changelog`), the transactional id and the offsets' group; two
+    runtimes with the same id on one cluster fence each other, as they should.
+    `properties` are engine defaults (ksqlDB property names).
+    """
+
+    def __init__(
+        self,
+        cluster: Cluster,
+        engine_id: str = "survey_kit",
+        data_dir: str | Path | None = None,
+        properties: dict[str, str] | None = None,
+        commit_interval_ms: int = 20,
+        commit_records: int = 20_000,
+        punctuate_interval_ms: int = 1_000,
+        batch_size: int = 5_000,
+    ):
+        self.cluster = cluster
+        self.engine_id = engine_id
+        self.data_dir = Path(data_dir) if data_dir else None
+        self.properties = {**RUNTIME_DEFAULT_PROPERTIES, **(properties or {})}
+        self.commit_interval = commit_interval_ms / 1000
+        self.commit_records = commit_records
+        self.punctuate_interval = punctuate_interval_ms / 1000
+        self.batch_size = batch_size
+        self.command_topic = f"_survey_kit_ksql_{engine_id}_command"
+        self.changelog_topic = f"_survey_kit_ksql_{engine_id}_changelog"
+        self.group_id = f"_survey_kit_ksql_{engine_id}"
+        self.metrics = RuntimeMetrics()
+        self.engine = self._new_engine()
+        self.ready = threading.Event()  # set once the engine is rebuilt and consuming
+        self._lock = threading.RLock()  # the engine is shared by the loop and statement callers
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._commands: list[Command] = self._read_backup()
+        # librdkafka would log every failed reconnect; errors come to _client_error instead
+        self._quiet = {"error_cb": self._client_error, "log_level": 2}
+        self._admin = AdminClient(cluster.admin_config(**self._quiet))
+        self._producer: Producer | None = None
+        self._command_producer: Producer | None = None
+        self._consumer: Consumer | None = None
+        self._assigned: set[tuple[str, int]] = set()
+        self._positions: dict[tuple[str, int], int] = {}
+        self._in_transaction = False
+        self._uncommitted = 0
+        self._last_commit = time.monotonic()
+        self._last_punctuate = time.monotonic()
+        self._last_resync = 0.0
+        self._resync_wanted = True
+        self._needs_recovery = True
+        self._outage: str | None = None
+
+    # ------------------------------------------------------------ life cycle
+
+    def start(self) -> EngineRuntime:
+        """Run the queries in a background thread (returns at once; see `ready`)."""
+        self._thread = threading.Thread(target=self.run, name=f"ksql-runtime-{self.engine_id}", daemon=True)
+        self._thread.start()
+        return self
+
+    def stop(self, timeout: float = 30.0) -> None:
+        """Commit what was processed and stop."""
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout)
+
+    def run(self) -> None:
+        """Consume, process, produce and commit until `stop()` (the loop of the background thread)."""
+        try:
+            while not self._stop.is_set():
+                try:
+                    self._step()
+                except (KafkaException, RuntimeUnavailable) as exc:
+                    self._broker_trouble(exc)
+                    self._needs_recovery = True
+                    self._stop.wait(1.0)
+                except Exception:  # a defect: say so loudly, then start over from what was committed
+                    log.exception("the engine failed; rebuilding it from the last commit")
+                    self._needs_recovery = True
+                    self._stop.wait(5.0)
+            if not self._needs_recovery:
+                try:
+                    with self._lock:
+                        self._commit()
+                except (KafkaException, RuntimeUnavailable) as exc:
+                    log.warning("could not commit the last records before stopping (%s); they will be processed again", _text(exc))
+        finally:
+            self._close_clients()
+
+    def _step(self) -> None:
+        if self._needs_recovery:
+            self._recover()
+        now = time.monotonic()
+        if self._resync_wanted or now - self._last_resync > 2.0:
+            self._sync_assignment()
+        messages = self._consumer.consume(self.batch_size, 0.05) if self._assigned else []
+        if not self._assigned:
+            self._stop.wait(0.05)
+        with self._lock:
+            if messages:
+                self._process(messages)
+            now = time.monotonic()
+            if now - self._last_punctuate >= self.punctuate_interval:
+                self._last_punctuate = now
+                self._emit(self.engine.punctuate(int(time.time() * 1000)))
+            if self._uncommitted >= self.commit_records or now - self._last_commit >= self.commit_interval:
+                self._commit()
+
+    # ------------------------------------------------------------ records
+
+    def _process(self, messages) -> None:
+        engine = self.engine
+        positions = self._positions
+        produce = self._produce
+        processed = 0
+        for message in messages:
+            error = message.error()
+            if error is not None:
+                self._consumer_error(error)
+                continue
+            topic, partition, offset = message.topic(), message.partition(), message.offset()
+            if (topic, partition) not in self._assigned:
+                continue  # a partition released since the fetch (its topic no longer read)
+            timestamp = message.timestamp()[1]
+            outputs = engine.process(topic, partition, offset, timestamp, message.key(), message.value(), message.headers() or ())
+            positions[(topic, partition)] = offset + 1
+            processed += 1
+            if outputs:
+                self._begin()
+                for out in outputs:
+                    produce(out)
+        if processed:
+            self._begin()  # offsets advanced: they are committed in a transaction even without outputs
+            self._uncommitted += processed
+            self.metrics.records_in += processed
+        if self._outage is not None:
+            self._recovered()
+
+    def _emit(self, outputs: list[OutputRecord]) -> None:
+        if outputs:
+            self._begin()
+            for out in outputs:
+                self._produce(out)
+
+    def _produce(self, out: OutputRecord) -> None:
+        if out.dead_letter:
+            self.metrics.dead_letters += 1
+        self.metrics.records_out += 1
+        kwargs: dict[str, Any] = {"timestamp": out.timestamp}
+        if out.partition is not None:
+            kwargs["partition"] = out.partition
+        if out.headers:
+            kwargs["headers"] = list(out.headers)
+        while True:
+            try:
+                self._producer.produce(out.topic, out.value, out.key, **kwargs)
+                return
+            except BufferError:  # the local queue is full: let deliveries drain
+                self._producer.poll(0.05)
+
+    def _begin(self) -> None:
+        if not self._in_transaction:
+            self._producer.begin_transaction()
+            self._in_transaction = True
+
+    def _commit(self) -> None:
+        """Commit outputs, state changes and input offsets as one transaction."""
+        self._emit(self.engine.flush())
+        changes = self.engine.drain_changes()
+        if changes:
+            self._begin()
+            for query_id, store, key, value in changes:
+                self._producer.produce(
+                    self.changelog_topic,
+                    None if value is None else json.dumps(value, separators=(",", ":")).encode(),
+                    json.dumps([query_id, store, key], separators=(",", ":")).encode(),
+                )
+        self._last_commit = time.monotonic()
+        if not self._in_transaction:
+            return
+        offsets = [TopicPartition(t, p, o) for (t, p), o in self._positions.items() if o >= 0]
+        try:
+            if offsets:
+                self._producer.send_offsets_to_transaction(offsets, self._consumer.consumer_group_metadata(), 30)
+            self._commit_transaction()
+        except KafkaException:
+            self._abort()
+            raise
+        self._in_transaction = False
+        self._uncommitted = 0
+        self.metrics.commits += 1
+
+    def _commit_transaction(self) -> None:
+        for attempt in range(10):
+            try:
+                self._producer.commit_transaction(30)
+                return
+            except KafkaException as exc:
+                if not exc.args[0].retriable() or self._stop.is_set() and attempt > 1:
+                    raise
+                self._broker_trouble(exc)
+
+    def _abort(self) -> None:
+        """Drop the open transaction; the engine is rebuilt from what was committed."""
+        self.metrics.aborts += 1
+        self._in_transaction = False
+        self._needs_recovery = True
+        try:
+            self._producer.abort_transaction(10)
+        except KafkaException:
+            self._close_producer()  # a fatal producer state: a new producer fences it on recovery
+
+    # ------------------------------------------------------------ statements
+
+    def execute(self, ksql: str, properties: dict[str, str] | None = None, variables: dict[str, str] | None = None) -> list[StatementResult]:
+        """Run statements (ksqlDB syntax) on the engine; those changing it are recorded in the command topic.
+
+        As on a ksqlDB server, `variables` (DEFINE) and `properties` (SET) hold
+        for this request only; the properties apply to the queries it creates.
+        Raises StatementFailed for a statement the engine rejects, with the
+        results of the statements before it (which stay applied, as on ksqlDB).
+        """
+        if not self.ready.wait(30):
+            raise RuntimeUnavailable(f"the engine is not connected to Kafka at {self.cluster.bootstrap_servers} yet; try again")
+        scope = {k.lower(): str(v) for k, v in (variables or {}).items()}
+        request_properties = {str(k): str(v) for k, v in (properties or {}).items()}
+        results: list[StatementResult] = []
+        with self._lock:
+            for piece in split_statements(ksql):
+                try:
+                    text = substitute(piece.text, scope)
+                    statement = parse_statement(type(piece)(text, piece.line, piece.column))
+                    if isinstance(statement, ast.Define):
+                        scope[statement.name] = statement.value
+                    elif isinstance(statement, ast.Undefine):
+                        scope.pop(statement.name, None)
+                    elif isinstance(statement, ast.SetProperty):
+                        request_properties[statement.name] = statement.value
+                    elif isinstance(statement, ast.UnsetProperty):
+                        request_properties.pop(statement.name, None)
+                    else:
+                        results.append(self._execute_statement(statement, request_properties))
+                except KsqlError as exc:
+                    raise StatementFailed(str(exc), piece.text, results) from None
+        return results
+
+    def _execute_statement(self, statement: ast.Statement, request_properties: dict[str, str]) -> StatementResult:
+        if isinstance(statement, ast.CreateSource):
+            self._check_source_topic(statement)
+        before = self._fingerprint()
+        result = self._run(statement, request_properties)
+        if isinstance(statement, _COMMANDS) and self._fingerprint() != before:
+            self._record(Command(statement.text, request_properties))
+            if isinstance(statement, ast.CreateAsSelect):
+                self._ensure_sink_topics()
+            if isinstance(statement, ast.Drop) and statement.delete_topic:
+                self._delete_topic(result)
+            self._resync_wanted = True
+        return result
+
+    def _run(self, statement: ast.Statement, request_properties: dict[str, str]) -> StatementResult:
+        engine = self.engine
+        saved = dict(engine.properties)
+        engine.properties.update(request_properties)
+        try:
+            return engine.execute_statement(statement)
+        finally:
+            engine.properties = saved
+
+    def _fingerprint(self) -> tuple:
+        engine = self.engine
+        return (tuple(engine.sources), tuple(engine.queries), tuple(sorted(engine.properties.items())))
+
+    def _check_source_topic(self, statement: ast.CreateSource) -> None:
+        """As ksqlDB: a source's topic must exist, unless PARTITIONS says how to create it."""
+        props = {k.upper(): v for k, v in statement.properties.items()}
+        topic = props.get("KAFKA_TOPIC")
+        if topic is None or statement.name in self.engine.sources:
+            return  # the engine reports what is wrong (or that nothing is to do)
+        topic = str(topic)
+        if self._partitions(topic):
+            return
+        if "PARTITIONS" not in props:
+            raise KsqlError(
+                f"Topic '{topic}' does not exist. If you want to create a new topic for the "
+                f"{statement.kind.lower()} please re-run the statement providing the required 'PARTITIONS' "
+                f"configuration in the WITH clause (and optionally 'REPLICAS')."
+            )
+        self._create_topic(topic, int(props["PARTITIONS"]), {})
+
+    def _delete_topic(self, result: StatementResult) -> None:
+        for row in result.rows:
+            topic = row.get("deleted_topic")
+            if topic:
+                futures = self._admin.delete_topics([topic], operation_timeout=10)
+                try:
+                    futures[topic].result()
+                except KafkaException as exc:
+                    log.warning("could not delete topic %s: %s", topic, _text(exc))
+
+    # ------------------------------------------------------------ command topic
+
+    def _record(self, command: Command, backup: bool = True) -> None:
+        """Append a command to the command topic (and the local copy) before confirming it."""
+        if self._command_producer is None:
+            self._command_producer = Producer(self.cluster.producer_config(**{"acks": "all", **self._quiet}))
+        failures: list[KafkaError] = []
+        self._command_producer.produce(
+            self.command_topic, command.encode(), on_delivery=lambda err, msg: err and failures.append(err)
+        )
+        remaining = self._command_producer.flush(30)
+        if remaining or failures:
+            reason = failures[0].str() if failures else "timed out"
+            raise RuntimeUnavailable(f"the statement ran but could not be recorded in {self.command_topic} ({reason}); it will not survive a restart")
+        self._commands.append(command)
+        if backup and self.data_dir is not None:
+            self.data_dir.mkdir(parents=True, exist_ok=True)
+            with open(self._backup_path(), "ab") as backup:
+                backup.write(command.encode() + b"\n")
+
+    def _backup_path(self) -> Path:
+        return self.data_dir / f"{self.command_topic}.jsonl"
+
+    def _read_backup(self) -> list[Command]:
+        if self.data_dir is None or not self._backup_path().exists():
+            return []
+        return [Command.decode(line) for line in self._backup_path().read_bytes().splitlines() if line.strip()]
+
+    def _write_backup(self) -> None:
+        if self.data_dir is not None:
+            self.data_dir.mkdir(parents=True, exist_ok=True)
+            self._backup_path().write_bytes(b"".join(c.encode() + b"\n" for c in self._commands))
+
+    def commands(self) -> list[Command]:
+        """The statements the engine was built from, oldest first."""
+        return list(self._commands)
+
+    # ------------------------------------------------------------ recovery
+
+    def _new_engine(self) -> Engine:
+        return Engine(schemas=RegistrySchemaStore(self.cluster.registry()), properties=dict(self.properties))
+
+    def _recover(self) -> None:
+        """(Re)build the engine from the command topic, its state from the changelog, its inputs from the committed offsets."""
+        with self._lock:  # statements wait: they must land in the rebuilt engine
+            self._rebuild()
+        self._needs_recovery = False
+        self.metrics.recoveries += 1
+        self.ready.set()
+        log.info("engine %s running %d queries over %s", self.engine_id, len(self.engine.queries), ", ".join(self.engine.source_topics()) or "no topics yet")
+        if self._outage is not None:
+            self._recovered()
+
+    def _rebuild(self) -> None:
+        self._close_clients()
+        self._ensure_topic(self.command_topic, {"cleanup.policy": "delete", "retention.ms": "-1"})
+        self._ensure_topic(self.changelog_topic, {"cleanup.policy": "compact"})
+        producer = Producer(self.cluster.producer_config(**{
+            "transactional.id": f"_survey_kit_ksql_{self.engine_id}",
+            "partitioner": "murmur2_random",  # as the Java clients: ksqlDB's outputs land on the same partitions
+            "linger.ms": 5,
+            "transaction.timeout.ms": 60_000,
+            **self._quiet,
+        }))
+        try:
+            producer.init_transactions(30)  # fences a previous instance and aborts its open transaction
+        except KafkaException as exc:
+            raise RuntimeUnavailable(f"cannot start a Kafka transaction: {_text(exc)}") from None
+        self._producer = producer
+        commands = [Command.decode(m.value()) for m in self._read_topic(self.command_topic) if m.value()]
+        if not commands and self._commands:
+            # the broker lost its topics (the embedded one keeps them in memory): record the commands again
+            log.warning("the command topic %s is empty: re-recording the %d statements this engine ran", self.command_topic, len(self._commands))
+            commands, self._commands = self._commands, []
+            replay_and_record = True
+        else:
+            replay_and_record = False
+        self.engine = self._new_engine()
+        applied = []
+        for command in commands:
+            try:
+                statement = parse_statement(split_statements(command.statement)[0])
+                self._run(statement, command.properties)
+                applied.append(command)
+            except KsqlError as exc:
+                log.error("cannot re-run a recorded statement, skipping it: %s", exc)
+        if replay_and_record:
+            for command in applied:
+                self._record(command, backup=False)
+        else:
+            self._commands = applied
+            self._write_backup()
+        self._restore_state()
+        self._ensure_sink_topics()
+        self._positions = {}
+        self._assigned = set()
+        self._in_transaction = False
+        self._uncommitted = 0
+        self._consumer = Consumer(self.cluster.consumer_config(self.group_id, **{
+            "isolation.level": "read_committed",
+            "fetch.wait.max.ms": 5,
+            "queued.min.messages": 100_000,
+            **self._quiet,
+        }))
+        self._sync_assignment()
+
+    def _restore_state(self) -> None:
+        latest: dict[bytes, bytes | None] = {}
+        for message in self._read_topic(self.changelog_topic):
+            latest[message.key()] = message.value()
+        changes = []
+        for key, value in latest.items():
+            query_id, store, encoded = json.loads(key)
+            changes.append((query_id, store, encoded, None if value is None else json.loads(value)))
+        self.engine.apply_changes(changes)
+        if changes:
+            log.info("restored %d state entries from %s", len(changes), self.changelog_topic)
+
+    def _read_topic(self, topic: str) -> list:
+        """Every committed record of `topic`, to its end (end-of-partition, never the listed watermark)."""
+        partitions = self._partitions(topic)
+        consumer = Consumer(self.cluster.consumer_config(**{"enable.partition.eof": True, "isolation.level": "read_committed", "fetch.wait.max.ms": 10, **self._quiet}))
+        records = []
+        try:
+            consumer.assign([TopicPartition(topic, p, OFFSET_BEGINNING) for p in partitions])
+            open_partitions = set(partitions)
+            deadline = time.monotonic() + 30
+            while open_partitions:
+                if time.monotonic() > deadline:
+                    raise RuntimeUnavailable(f"reading {topic} to its end timed out")
+                for message in consumer.consume(10_000, 0.5):
+                    error = message.error()
+                    if error is None:
+                        records.append(message)
+                        deadline = time.monotonic() + 30
+                    elif error.code() == KafkaError._PARTITION_EOF:
+                        open_partitions.discard(message.partition())
+                    else:
+                        raise KafkaException(error)
+        finally:
+            consumer.close()
+        return records
+
+    # ------------------------------------------------------------ topics and assignment
+
+    def _topics(self) -> dict[str, int]:
+        try:
+            metadata = self._admin.list_topics(timeout=10)
+        except KafkaException as exc:
+            raise RuntimeUnavailable(f"cannot list the topics: {_text(exc)}") from None
+        return {name: len(t.partitions) for name, t in metadata.topics.items() if t.error is None}
+
+    def _partitions(self, topic: str) -> list[int]:
+        return list(range(self._topics().get(topic, 0)))
+
+    def _create_topic(self, topic: str, partitions: int, config: dict[str, str]) -> None:
+        replication = 1 if self.cluster.embedded else -1
+        future = self._admin.create_topics([NewTopic(topic, partitions, replication, config=config)], request_timeout=15)[topic]
+        try:
+            future.result()
+        except KafkaException as exc:
+            if exc.args[0].code() != KafkaError.TOPIC_ALREADY_EXISTS:
+                raise RuntimeUnavailable(f"cannot create topic {topic}: {_text(exc)}") from None
+
+    def _ensure_topic(self, topic: str, config: dict[str, str], partitions: int = 1) -> None:
+        if topic not in self._topics():
+            self._create_topic(topic, partitions, config)
+
+    def _ensure_sink_topics(self) -> None:
+        """Create missing sink and dead-letter topics (the broker would auto-create them with its own partition count)."""
+        topics = self._topics()
+        for query in self.engine.queries.values():
+            sink = query.plan.sink
+            if sink.topic in topics:
+                continue
+            explicit = _statement_partitions(sink.statement)
+            partitions = explicit or topics.get(query.plan.source.topic) or sink.partitions
+            config = {"cleanup.policy": "compact"} if sink.kind == "TABLE" and sink.window is None else {}
+            self._create_topic(sink.topic, partitions, config)
+            topics[sink.topic] = partitions
+        dead_letters = self._dead_letter_topic()
+        if dead_letters not in topics:
+            self._create_topic(dead_letters, 1, {})
+
+    def _dead_letter_topic(self) -> str:
+        return self.engine.properties.get(DEAD_LETTER_TOPIC, DEFAULT_DEAD_LETTER_TOPIC)
+
+    def _sync_assignment(self) -> None:
+        """Assign every partition of the source topics that exist: new queries and new topics are picked up."""
+        self._last_resync = time.monotonic()
+        self._resync_wanted = False
+        topics = self._topics()
+        wanted = {(t, p) for t in self.engine.source_topics() for p in range(topics.get(t, 0))}
+        if wanted == self._assigned:
+            return
+        added = wanted - self._assigned
+        if added:
+            committed = self._consumer.committed([TopicPartition(t, p) for t, p in added], timeout=10)
+            for tp in committed:
+                key = (tp.topic, tp.partition)
+                if key not in self._positions:
+                    self._positions[key] = tp.offset if tp.offset >= 0 else OFFSET_BEGINNING
+        gone = self._assigned - wanted
+        for key in gone:
+            self._positions.pop(key, None)
+        self._consumer.assign([TopicPartition(t, p, self._positions[(t, p)]) for t, p in sorted(wanted)])
+        self._assigned = wanted
+        log.info("reading %d partitions of %s", len(wanted), ", ".join(sorted({t for t, _ in wanted})) or "nothing")
+
+    # ------------------------------------------------------------ trouble
+
+    def _consumer_error(self, error: KafkaError) -> None:
+        if error.code() in (KafkaError.UNKNOWN_TOPIC_OR_PART, KafkaError._UNKNOWN_PARTITION, KafkaError._UNKNOWN_TOPIC):
+            self._resync_wanted = True  # a topic went away (a restarted embedded broker loses them)
+            raise RuntimeUnavailable(f"a source topic is gone: {error.str()}")
+        if error.code() in (KafkaError._TRANSPORT, KafkaError._ALL_BROKERS_DOWN, KafkaError._TIMED_OUT):
+            self._broker_trouble(KafkaException(error))
+            return
+        log.warning("consumer error: %s", error.str())
+
+    def _client_error(self, error: KafkaError) -> None:
+        if error.code() in (KafkaError._TRANSPORT, KafkaError._ALL_BROKERS_DOWN, KafkaError._TIMED_OUT, KafkaError._RESOLVE):
+            self._broker_trouble(KafkaException(error))
+        elif error.fatal():
+            log.error("Kafka client error: %s", error.str())
+            self._needs_recovery = True
+
+    def _broker_trouble(self, exc: Exception) -> None:
+        reason = _text(exc)
+        if self._outage is None:
+            self._outage = reason
+            log.warning("Kafka at %s is unreachable or failing (%s); the engine keeps trying", self.cluster.bootstrap_servers, reason)
+
+    def _recovered(self) -> None:
+        log.warning("Kafka at %s answers again; the engine resumes", self.cluster.bootstrap_servers)
+        self._outage = None
+
+    def _close_producer(self) -> None:
+        producer, self._producer = self._producer, None
+        if producer is not None:
+            try:
+                producer.flush(1)
+            except KafkaException:
+                pass
+
+    def _close_clients(self) -> None:
+        consumer, self._consumer = self._consumer, None
+        if consumer is not None:
+            try:
+                consumer.close()
+            except (KafkaException, RuntimeError):
+                pass
+        self._close_producer()
+
+    def status(self) -> dict[str, Any]:
+        """What the runtime does: readiness, counts, the outage in progress if any."""
+        return {
+            "engine_id": self.engine_id,
+            "ready": self.ready.is_set(),
+            "outage": self._outage,
+            "queries": len(self.engine.queries),
+            "assigned_partitions": len(self._assigned),
+            **self.metrics.__dict__,
+        }
+
+
+def _statement_partitions(text: str) -> int | None:
+    try:
+        statement = parse_statement(split_statements(text)[0]) if text else None
+    except KsqlError:
+        return None
+    props = {k.upper(): v for k, v in getattr(statement, "properties", {}).items()}
+    return int(props["PARTITIONS"]) if "PARTITIONS" in props else None
+
+
+def _text(exc: Exception) -> str:
+    if isinstance(exc, KafkaException) and exc.args and isinstance(exc.args[0], KafkaError):
+        return exc.args[0].str()
+    return str(exc)
