@@ -27,10 +27,17 @@ suppress.json), and as :func:`mark_records` reproduces it:
 - a window is closed, and EMIT FINAL may emit it, once ``stream time >= window end + grace`` (suppress.json:
   with grace 0 the window [0, 2) is emitted by the record at 2).
 
-Two things ksqlDB does that this recomputation does not model: stream time of the aggregation is really
-that of the repartitioned stream (the same as the input partition's when a survey's entries share one
-partition, as with survey-entries keyed by survey id), and a stream-table join only sees a survey
-definition that was written before the entry was processed.
+Entries of a survey without a definition on survey-questions are counted, as the LEFT JOIN of ksql/
+does (``join="left"``, the default), or dropped without advancing stream time, as the talk's inner join
+does (``join="inner"``). Streamed results are matched to surveys by key: the survey id (ksql/ groups by
+it) or the question text (the talk groups by it).
+
+What this recomputation does not model: stream time of the aggregation is really that of the
+repartitioned stream (the same as the input partition's when a survey's entries share one partition, as
+with survey-entries keyed by survey id); the question text a result carries is the one known when the
+entry was joined; and on its first emission after a start, Kafka Streams' EMIT FINAL skips windows that
+a jump in stream time closed all at once (suppress.json "large jump"): they show up here as "not yet
+processed".
 """
 
 from __future__ import annotations
