@@ -35,9 +35,8 @@ it) or the question text (the talk groups by it).
 What this recomputation does not model: stream time of the aggregation is really that of the
 repartitioned stream (the same as the input partition's when a survey's entries share one partition, as
 with survey-entries keyed by survey id); the question text a result carries is the one known when the
-entry was joined; and on its first emission after a start, Kafka Streams' EMIT FINAL skips windows that
-a jump in stream time closed all at once (suppress.json "large jump"): they show up here as "not yet
-processed".
+entry was joined; and Kafka Streams' EMIT FINAL can skip windows that one jump in stream time closes
+together (suppress.json, "large jump"): such a window shows up here as "not yet processed".
 """
 
 from __future__ import annotations
