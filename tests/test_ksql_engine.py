@@ -213,3 +213,32 @@ def test_stream_time_is_kept_per_input_partition():
     assert [(r.key, r.value) for r in driver.read("FINAL_COUNTS")] == [(("b",), {"N": 1})]
     pipe_json(driver, "votes", "a", {"answer": "y"}, timestamp=10_000, partition=0)
     assert [(r.key, r.window_start, r.value) for r in driver.read("FINAL_COUNTS")] == [(("a",), 0, {"N": 1})]
+
+
+def test_a_result_that_cannot_be_written_becomes_a_dead_letter_not_a_crash():
+    engine = Engine()
+    engine.execute("CREATE STREAM nums (a INT) WITH (kafka_topic='nums', value_format='JSON');")
+    engine.execute("CREATE STREAM squares WITH (value_format='KAFKA') AS SELECT a * a AS sq FROM nums;")
+    driver = Driver(engine)
+    pipe_json(driver, "nums", None, {"a": 100_000})  # 10^10 does not fit the KAFKA format's 4-byte INT
+    pipe_json(driver, "nums", None, {"a": 3})
+    assert "CSAS_SQUARES_0 failed" in json.loads(driver.dead_letters[0].value)["error"]
+    assert [r.value for r in driver.read("SQUARES")] == [{"SQ": 9}]
+
+
+def test_changelog_values_survive_json_with_decimals():
+    statements = (
+        "CREATE STREAM prices (item STRING KEY, price DECIMAL(6,2)) WITH (kafka_topic='prices', value_format='JSON');"
+        "CREATE TABLE top AS SELECT item, MAX(price) AS best, SUM(price) AS total FROM prices GROUP BY item;"
+    )
+    first = Engine()
+    first.execute(statements)
+    driver = Driver(first)
+    pipe_json(driver, "prices", "pie", {"price": 1.25})
+    changelog = json.loads(json.dumps(first.drain_changes()))
+    restarted = Engine()
+    restarted.execute(statements)
+    restarted.apply_changes(changelog)
+    second = Driver(restarted)
+    pipe_json(second, "prices", "pie", {"price": 2.5})
+    assert [r.value for r in second.read("TOP")] == [{"BEST": 2.5, "TOTAL": 3.75}]

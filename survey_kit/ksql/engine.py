@@ -252,8 +252,14 @@ class Engine:
             if source.name not in decoded:
                 decoded[source.name] = self._decode(source, topic, partition, offset, timestamp, key, value, headers, outputs)
             record = decoded[source.name]
-            if record is not None:
+            if record is None:
+                continue
+            try:
                 outputs += query.process(source, record)
+            except Exception as exc:  # a defect or an unwritable result must not stop the other queries
+                self.metrics.dead_letters += 1
+                error = f"query {query.query_id} failed on this record: {type(exc).__name__}: {exc}"
+                outputs.append(self._dead_letter(source, topic, partition, offset, timestamp, key, value, error))
         return outputs
 
     def _decode(self, source, topic, partition, offset, timestamp, key, value, headers, outputs) -> InputRecord | None:

@@ -4,16 +4,45 @@ Every piece of state a query keeps (aggregates, windows, join tables, stream
 time) lives in a `Store`. The runtime drains each store's changes after a
 batch (`drain_changes`) to write them to a changelog topic in the same Kafka
 transaction as the outputs and offsets, and replays them with `apply_change`
-on restart. Keys are tuples of JSON-friendly values; values are JSON-friendly.
+on restart. Keys are tuples of JSON-friendly values; drained values, snapshots
+and changes are JSON-friendly (`to_json` tags DECIMAL and BYTES values).
 """
 
 from __future__ import annotations
 
+import base64
 import copy
+import decimal
 import json
 from typing import Any, Iterator
 
 _DELETED = object()
+
+
+def to_json(value):
+    """A JSON-friendly copy of a state value (DECIMAL and BYTES values are tagged)."""
+    if isinstance(value, dict):
+        return {k: to_json(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [to_json(v) for v in value]
+    if isinstance(value, decimal.Decimal):
+        return {"$decimal": str(value)}
+    if isinstance(value, bytes):
+        return {"$bytes": base64.b64encode(value).decode()}
+    return value
+
+
+def from_json(value):
+    """The state value `to_json` was given."""
+    if isinstance(value, dict):
+        if len(value) == 1 and "$decimal" in value:
+            return decimal.Decimal(value["$decimal"])
+        if len(value) == 1 and "$bytes" in value:
+            return base64.b64decode(value["$bytes"])
+        return {k: from_json(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [from_json(v) for v in value]
+    return value
 
 
 def encode_key(key: tuple) -> str:
@@ -59,7 +88,7 @@ class Store:
 
     def drain_changes(self) -> list[tuple[str, Any]]:
         """Changes since the last drain: (encoded key, value or None for a delete)."""
-        changes = [(encode_key(k), None if v is _DELETED else v) for k, v in self._dirty.items()]
+        changes = [(encode_key(k), None if v is _DELETED else to_json(v)) for k, v in self._dirty.items()]
         self._dirty.clear()
         return changes
 
@@ -68,13 +97,13 @@ class Store:
         if value is None:
             self._data.pop(key, None)
         else:
-            self._data[key] = value
+            self._data[key] = from_json(value)
 
     def snapshot(self) -> dict[str, Any]:
-        return {encode_key(k): copy.deepcopy(v) for k, v in self._data.items()}
+        return {encode_key(k): to_json(v) for k, v in self._data.items()}
 
     def restore(self, snapshot: dict[str, Any]) -> None:
-        self._data = {decode_key(k): copy.deepcopy(v) for k, v in snapshot.items()}
+        self._data = {decode_key(k): from_json(copy.deepcopy(v)) for k, v in snapshot.items()}
         self._dirty.clear()
 
 
