@@ -127,7 +127,8 @@ class TopicTail:
     It starts at the end of the topic (records written after it started), or at the beginning with
     ``from_beginning=True``. Nothing blocks longer than ``poll_timeout`` seconds, so ``stop()`` takes
     effect quickly and :meth:`poll` can be called from a loop that also does other work. Records that do
-    not decode are kept in ``errors`` (a list of dicts, as in :func:`errors_frame`).
+    not decode are kept in ``errors`` (a list of dicts, as in :func:`errors_frame`); transient Kafka errors
+    do not end a tail (the latest is in ``last_error``), fatal ones raise.
     """
 
     def __init__(
@@ -147,6 +148,7 @@ class TopicTail:
         self.idle_timeout = idle_timeout
         self.batch_size = batch_size
         self.errors: list[dict[str, Any]] = []
+        self.last_error: KafkaError | None = None  # the latest transient Kafka error, if any
         self._cluster = cluster
         self._windowed = windowed
         self._window_size = window_size
@@ -179,7 +181,12 @@ class TopicTail:
                     if error.code() == KafkaError._PARTITION_EOF:
                         self._before_end.discard(message.partition())
                         continue
-                    raise KafkaException(error)
+                    if error.fatal():
+                        raise KafkaException(error)
+                    # Transient (a broker restarting, a connection dropped): librdkafka retries by itself,
+                    # and a live view should keep going; the error stays visible here.
+                    self.last_error = error
+                    continue
                 if self._from_beginning or message.partition() not in self._before_end:
                     records.append(message)
             builder.add(records)
