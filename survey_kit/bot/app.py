@@ -57,7 +57,8 @@ def build_application(services: BotServices, token: str, base_url: str | None = 
 
 
 async def serve(app: Application, stopping: asyncio.Event, background: list[Background] = (),
-                ready: threading.Event | None = None, poll_timeout: int = 10) -> None:
+                ready: threading.Event | None = None, poll_timeout: int = 10,
+                background_grace: float = 15.0) -> None:
     """Poll Telegram and handle updates until `stopping` is set (python-telegram-bot's recipe for running
     inside another event loop's thread: run_polling wants the main thread)."""
     async with app:
@@ -71,6 +72,10 @@ async def serve(app: Application, stopping: asyncio.Event, background: list[Back
         try:
             await stopping.wait()
         finally:
+            # Background jobs watch `stopping` and finish what they are doing (a post half-recorded would be
+            # posted again after a restart); only one that does not finish in time is cancelled.
+            if tasks:
+                await asyncio.wait(tasks, timeout=background_grace)
             for task in tasks:
                 task.cancel()
             await asyncio.gather(*tasks, return_exceptions=True)

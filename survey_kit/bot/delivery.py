@@ -91,6 +91,7 @@ class EntryDelivery:
         self._wake.set()
         if self._thread.is_alive():
             self._thread.join(timeout)
+        self._producer = None  # let librdkafka close its connections
 
     # ---- the delivery thread -----------------------------------------------------------------------
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import asyncio
 import errno
 import ipaddress
 import socket
@@ -35,11 +36,36 @@ def bind_loopback(host: str, port: int) -> socket.socket:
     return sock
 
 
-def _server(sock: socket.socket, data_dir: Path | None) -> uvicorn.Server:
-    # Long polls left open by a stopped bot would otherwise hold up shutdown for their whole timeout.
-    config = uvicorn.Config(create_app(data_dir), log_level="warning", access_log=False, lifespan="on",
-                            timeout_graceful_shutdown=1)
-    return uvicorn.Server(config)
+class _Server(uvicorn.Server):
+    """uvicorn's server, ending the fake's long polls when asked to exit (they would hold up shutdown)."""
+
+    def __init__(self, data_dir: Path | None):
+        self.app = create_app(data_dir)
+        super().__init__(uvicorn.Config(self.app, log_level="warning", access_log=False, lifespan="on",
+                                        timeout_graceful_shutdown=5))
+        self.loop: asyncio.AbstractEventLoop | None = None
+
+    async def serve(self, sockets=None) -> None:
+        self.loop = asyncio.get_running_loop()
+        await super().serve(sockets)
+
+    def handle_exit(self, sig, frame) -> None:  # SIGTERM/SIGINT, in the loop's thread
+        self._end_waits()
+        super().handle_exit(sig, frame)
+
+    def exit_from_another_thread(self) -> None:
+        if self.loop is not None and self.loop.is_running():
+            self.loop.call_soon_threadsafe(self._end_waits)
+        self.should_exit = True
+
+    def _end_waits(self) -> None:
+        world = getattr(self.app.state, "world", None)
+        if world is not None:
+            asyncio.ensure_future(world.close(), loop=self.loop)
+
+
+def _server(sock: socket.socket, data_dir: Path | None) -> _Server:
+    return _Server(data_dir)
 
 
 class FakeTelegramServer:
@@ -54,7 +80,7 @@ class FakeTelegramServer:
         self.host = host
         self.port = port
         self.data_dir = Path(data_dir) if data_dir else None
-        self._server: uvicorn.Server | None = None
+        self._server: _Server | None = None
         self._thread: threading.Thread | None = None
 
     @property
@@ -82,7 +108,7 @@ class FakeTelegramServer:
 
     def stop(self) -> None:
         if self._server is not None and self._thread is not None:
-            self._server.should_exit = True
+            self._server.exit_from_another_thread()
             self._thread.join(timeout=10)
         self._server = self._thread = None
 

@@ -102,7 +102,14 @@ class World:
         self.commands: list[dict[str, str]] = []
         self.rate_limits: list[RateLimit] = []
         self.calls: dict[str, int] = {}
+        self.closing = False
         self.changed = asyncio.Condition()
+
+    async def close(self) -> None:
+        """End every long poll and wait now, so the server can shut down without waiting for them."""
+        self.closing = True
+        async with self.changed:
+            self.changed.notify_all()
 
     # ---- the users' side -------------------------------------------------------------------------
 
@@ -157,7 +164,7 @@ class World:
         async with self.changed:
             try:
                 await asyncio.wait_for(
-                    self.changed.wait_for(lambda: bool(self.bot_messages(chat_id, after))), timeout
+                    self.changed.wait_for(lambda: self.closing or bool(self.bot_messages(chat_id, after))), timeout
                 )
             except TimeoutError:
                 pass
@@ -184,7 +191,7 @@ class World:
         if not self.updates and timeout > 0:
             async with self.changed:
                 try:
-                    await asyncio.wait_for(self.changed.wait_for(lambda: bool(self.updates)), timeout)
+                    await asyncio.wait_for(self.changed.wait_for(lambda: self.closing or bool(self.updates)), timeout)
                 except TimeoutError:
                     pass
         return [u for u in self.updates if _update_type(u) in self.allowed_updates][:limit]
