@@ -61,6 +61,8 @@ class Engine:
         self.metrics = EngineMetrics()
         self._serdes: dict[str, Serdes] = {}
         self._query_counter = 0
+        self._readers: dict[str, list[PersistentQuery]] = {}
+        self._readers_key: tuple = ()
 
     # ------------------------------------------------------------ statements
 
@@ -245,9 +247,7 @@ class Engine:
         self.metrics.records_in += 1
         outputs: list[OutputRecord] = []
         decoded: dict[str, InputRecord | None] = {}
-        for query in list(self.queries.values()):
-            if topic not in query.source_topics:
-                continue
+        for query in self._readers_of(topic):
             source = query.plan.join.table if (query.plan.join and query.plan.join.table.topic == topic) else query.plan.source
             if source.name not in decoded:
                 decoded[source.name] = self._decode(source, topic, partition, offset, timestamp, key, value, headers, outputs)
@@ -261,6 +261,17 @@ class Engine:
                 error = f"query {query.query_id} failed on this record: {type(exc).__name__}: {exc}"
                 outputs.append(self._dead_letter(source, topic, partition, offset, timestamp, key, value, error))
         return outputs
+
+    def _readers_of(self, topic: str) -> list[PersistentQuery]:
+        """The queries reading `topic` (cached until the set of queries changes)."""
+        ids = tuple(self.queries)
+        if self._readers_key != ids:
+            self._readers = {}
+            for query in self.queries.values():
+                for source_topic in query.source_topics:
+                    self._readers.setdefault(source_topic, []).append(query)
+            self._readers_key = ids
+        return self._readers.get(topic, [])
 
     def _decode(self, source, topic, partition, offset, timestamp, key, value, headers, outputs) -> InputRecord | None:
         serdes = self._serdes[source.name]

@@ -68,6 +68,31 @@ def evaluate_safely(fn: Evaluator, row: dict):
         return None
 
 
+def tuple_evaluator(fns: list[Evaluator]) -> Callable[[dict], tuple]:
+    """Evaluate several expressions into a tuple; one that fails is NULL, the others keep their value."""
+
+    def evaluate(row):
+        try:
+            return tuple([fn(row) for fn in fns])
+        except Exception:  # rare: redo one by one so only the failing expressions become NULL
+            return tuple([evaluate_safely(fn, row) for fn in fns])
+
+    return evaluate
+
+
+def dict_evaluator(names: list[str], fns: list[Evaluator]) -> Callable[[dict], dict]:
+    """Evaluate named expressions into a dict (a row's value columns), failures as NULL."""
+    pairs = list(zip(names, fns))
+
+    def evaluate(row):
+        try:
+            return {name: fn(row) for name, fn in pairs}
+        except Exception:
+            return {name: evaluate_safely(fn, row) for name, fn in pairs}
+
+    return evaluate
+
+
 def compile_expr(expr: ast.Expr, scope: Scope) -> Compiled:
     """Compile `expr` against `scope`; raise KsqlError for unknown columns or functions."""
     if expr in scope.precomputed:

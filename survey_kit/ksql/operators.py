@@ -20,7 +20,7 @@ from collections import OrderedDict
 from dataclasses import dataclass, field
 from typing import Any
 
-from .expressions import evaluate_safely
+from .expressions import dict_evaluator, evaluate_safely, tuple_evaluator
 from .formats import KeyFormat, ValueFormat
 from .planner import DataSource, QueryPlan
 from .state import Stores
@@ -92,6 +92,12 @@ class PersistentQuery:
         self.caching = _int(properties.get(CACHE_BYTES, "0")) > 0 and bool(plan.aggregation) and not plan.aggregation.emit_final
         self._cache: OrderedDict[tuple, OutputRecord] = OrderedDict()
         self.status = "RUNNING"
+        # the projections and grouping, each evaluated in one call per record
+        self._key_of = tuple_evaluator([k.fn for k in plan.key_projection])
+        self._value_of = dict_evaluator([c.name for c in plan.sink.value_columns], [f.fn for f in plan.value_projection])
+        if plan.aggregation is not None:
+            self._group_of = tuple_evaluator([g.fn for g in plan.aggregation.group_by])
+            self._arguments_of = tuple_evaluator([c.argument.fn if c.argument else _none for c in plan.aggregation.calls])
 
     @property
     def query_id(self) -> str:
@@ -237,21 +243,18 @@ class PersistentQuery:
         row = self._input_row(record)
         if row is None:
             return []
-        plan = self.plan
-        key = tuple(evaluate_safely(k.fn, row) for k in plan.key_projection)
-        value = {c.name: evaluate_safely(f.fn, row) for c, f in zip(plan.sink.value_columns, plan.value_projection)}
-        return [self._output(key, value, record.timestamp, record.window_start)]
+        return [self._output(self._key_of(row), self._value_of(row), record.timestamp, record.window_start)]
 
     # ------------------------------------------------------------ aggregation
 
     def _group_key(self, row: dict) -> tuple | None:
-        key = tuple(evaluate_safely(g.fn, row) for g in self.plan.aggregation.group_by)
-        if any(v is None for v in key):
+        key = self._group_of(row)
+        if None in key:
             return None
         return key
 
-    def _arguments(self, row: dict) -> list:
-        return [evaluate_safely(c.argument.fn, row) if c.argument else None for c in self.plan.aggregation.calls]
+    def _arguments(self, row: dict) -> tuple:
+        return self._arguments_of(row)
 
     def _initial(self) -> list:
         return [c.aggregate.init() for c in self.plan.aggregation.calls]
@@ -292,7 +295,7 @@ class PersistentQuery:
                 return None
             value = None
         else:
-            value = {c.name: evaluate_safely(f.fn, post) for c, f in zip(plan.sink.value_columns, plan.value_projection)}
+            value = self._value_of(post)
         return self._output(key, value, state["ts"], window_start)
 
     def _aggregate_stream(self, record: InputRecord) -> list[OutputRecord]:
@@ -449,6 +452,10 @@ class PersistentQuery:
             windows.delete(store_key)
         meta.put(("last_emit_close", partition), close)
         return _present(outputs)
+
+
+def _none(_row):
+    return None
 
 
 def _present(outputs: list) -> list[OutputRecord]:
