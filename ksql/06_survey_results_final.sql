@@ -1,9 +1,12 @@
 -- Final results (talk, slide 50): the same histogram per survey, once per
 -- tumbling window, when the window closes (stream time past its end + grace).
 -- The window is set by these variables; a demo overrides them to use minutes
--- instead of days (`survey_kit.ksql.pipeline.read_pipeline(dir, {...})`
--- rewrites these DEFINEs). They are defined here, in the file that uses them,
--- because ksqlDB scopes variables to one request.
+-- instead of days (`survey-kit ksql apply` / `pipeline.read_pipeline(dir,
+-- {...})` rewrite these DEFINEs). They are defined here, in the file that uses
+-- them, because ksqlDB scopes variables to one request. ksqlDB's parser does
+-- not take a variable as a WINDOW size (its grammar wants a number and a unit
+-- there), so read_pipeline substitutes them before the text is sent to a
+-- server; paste the statement into a ksqlDB CLI with the values written in.
 DEFINE results_window_size = '48 HOURS';
 DEFINE results_window_grace = '10 MINUTES';
 

@@ -163,6 +163,14 @@ def test_the_window_is_a_variable_a_demo_overrides():
         read_pipeline(KSQL_DIR, {"results_window_sise": "5 MINUTES"})
 
 
+def test_the_scripts_sent_to_a_server_carry_the_window_as_literals():
+    # ksqlDB's grammar takes no ${variable} as a WINDOW size, so the values are written in
+    scripts = read_pipeline(KSQL_DIR, {"results_window_grace": "30 SECONDS"})
+    assert all("${" not in script.text for script in scripts)
+    assert "WINDOW TUMBLING (SIZE 48 HOURS, GRACE PERIOD 30 SECONDS)" in scripts[-1].text
+    assert "${results_window_size}" in scripts[-1].path.read_text()
+
+
 def test_wall_clock_closing_reports_a_survey_whose_last_vote_came_before_the_window_end():
     # stock ksqlDB never emits this window: no later record advances stream time
     stock = Pipeline()

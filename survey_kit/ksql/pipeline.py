@@ -4,13 +4,18 @@
         engine.execute(script.text)        # or POST script.text to a ksqlDB server
 
 Files are applied in name order (`01_...sql`, `02_...sql`, ...). An override
-replaces the value of the file's own `DEFINE name = '...'` statement, so the
-same files run unchanged on a ksqlDB server, where variables live for one
-request only.
+replaces the value of the file's own `DEFINE name = '...'` statement.
+
+The variables a file DEFINEs are also substituted here, in the statements that
+follow the DEFINE: ksqlDB's own parser accepts `${name}` only where a literal
+or an identifier may stand, not as a WINDOW size or grace period (its grammar
+wants a number and a unit keyword there). The scripts returned are therefore
+valid for a ksqlDB server and for the embedded engine alike.
 """
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -40,6 +45,14 @@ def _quote(value: str) -> str:
     return "'" + value.replace("'", "''") + "'"
 
 
+_VARIABLE = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
+
+
+def _substitute_known(text: str, variables: dict[str, str]) -> str:
+    """Replace `${name}` for the variables given (case-insensitive); leave any other reference."""
+    return _VARIABLE.sub(lambda m: variables.get(m.group(1).lower(), m.group(0)), text)
+
+
 def read_pipeline(directory: str | Path, overrides: dict[str, str] | None = None) -> list[PipelineScript]:
     """Read the pipeline's files, with `overrides` replacing their DEFINE'd values.
 
@@ -50,14 +63,18 @@ def read_pipeline(directory: str | Path, overrides: dict[str, str] | None = None
     scripts = []
     for path in pipeline_files(directory):
         statements = []
+        defined: dict[str, str] = {}
         for piece in split_statements(path.read_text()):
-            text = piece.text
+            text = _substitute_known(piece.text, defined)
             if text.split(None, 1)[0].upper() == "DEFINE":
                 node = parse_statement(piece)
                 assert isinstance(node, ast.Define)
+                value = node.value
                 if node.name in wanted:
-                    text = f"DEFINE {node.name} = {_quote(wanted[node.name])}"
+                    value = wanted[node.name]
+                    text = f"DEFINE {node.name} = {_quote(value)}"
                     used.add(node.name)
+                defined[node.name] = value
             statements.append(text + ";")
         scripts.append(PipelineScript(path, "\n".join(statements) + "\n"))
     unknown = sorted(set(wanted) - used)
