@@ -40,8 +40,11 @@ def already_answered(summary: str) -> str:
 ALL_ANSWERED = "You have already answered every open survey. Thank you!"
 
 
+NAME_QUESTION = "First, what is your name? (Send /cancel to stop at any time.)"
+
+
 def ask_name(question: str) -> str:
-    return f"Survey: {question}\n\nFirst, what is your name? (Send /cancel to stop at any time.)"
+    return f"Survey: {question}\n\n{NAME_QUESTION}"
 
 
 ASK_NAME = "What is your name?"
