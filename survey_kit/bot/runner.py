@@ -38,6 +38,33 @@ STATE_DB = "bot.sqlite"
 OUTBOX_DB = "outbox.sqlite"
 
 
+# Loggers that write request URLs, which hold the bot token.
+_URL_LOGGERS = ("telegram.Bot", "telegram.ext.ExtBot", "httpx")
+
+
+class _RedactToken(logging.Filter):
+    """Replaces the bot token in log records with <token>."""
+
+    def __init__(self, token: str):
+        super().__init__()
+        self.token = token
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        message = record.getMessage()
+        if self.token in message:
+            record.msg, record.args = message.replace(self.token, "<token>"), None
+        return True
+
+
+def _keep_token_out_of_logs(token: str) -> None:
+    for name in _URL_LOGGERS:
+        logger = logging.getLogger(name)
+        if not any(isinstance(f, _RedactToken) and f.token == token for f in logger.filters):
+            logger.addFilter(_RedactToken(token))
+    # httpx logs every request URL at INFO: not worth an INFO line per poll.
+    logging.getLogger("httpx").setLevel(logging.WARNING)
+
+
 def default_data_dir() -> Path:
     return home() / "bot"
 
@@ -89,8 +116,7 @@ class BotRunner:
         """Start following the topics, delivering the outbox, polling Telegram and alerting."""
         if self._thread is not None:
             raise RuntimeError("the bot is already running; stop() it first")
-        # httpx logs every request URL at INFO, and the URL holds the bot token.
-        logging.getLogger("httpx").setLevel(logging.WARNING)
+        _keep_token_out_of_logs(self._token)
         self.data_dir.mkdir(parents=True, exist_ok=True)
         self.outbox = Outbox(self.data_dir / OUTBOX_DB)
         subscribers = Subscribers(self.data_dir / STATE_DB)

@@ -1,0 +1,71 @@
+"""BotRunner: started from inside a running event loop (as in a Jupyter kernel), status and counts, and
+what it logs (never the token; no names, companies or locations at INFO)."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from dataclasses import replace
+
+import pytest
+from pydantic import SecretStr
+
+from survey_kit.bot import texts
+from survey_kit.bot.runner import BotRunner
+from survey_kit.config import ConfigError
+from survey_kit.faketelegram import FakeTelegramClient, FakeTelegramServer
+from survey_kit.surveys import Survey, create_survey
+
+PIE = Survey("1", "Which Thanksgiving Pie is your favorite?", "Thanksgiving Pie", ["Apple Pie", "Pecan Pie"])
+TOKEN = "424242:SECRET-token-value"
+
+
+def test_runner_works_inside_a_running_event_loop(cluster, tmp_path):
+    create_survey(cluster, PIE)
+
+    async def notebook_cell():
+        # A Jupyter kernel runs cells inside its own event loop, as here.
+        with FakeTelegramServer() as fake, FakeTelegramClient(fake.api_url, timeout=20) as tg:
+            runner = BotRunner(cluster=cluster, data_dir=tmp_path, api_url=fake.api_url).start()
+            try:
+                assert runner.wait_until_ready(30)
+                replies = []
+                for text in ("/survey", "Ada", "/skip", "/skip", "Pecan Pie", "/y"):
+                    replies.append((await asyncio.to_thread(tg.ask, 5, text)).text)
+                return replies[-1], runner.status()
+            finally:
+                runner.stop()
+                assert not runner.running
+
+    last, status = asyncio.run(notebook_cell())
+    assert last == texts.SENT
+    assert status["running"] is True and status["ready"] is True
+    assert status["conversations"] == 1 and status["confirmed"] == 1 and status["sent"] == 1
+    assert status["delivered"] == 1 and status["outbox"] == 0 and status["surveys_open"] == ["1"]
+    assert status["errors"] == {}
+
+
+def test_the_token_and_respondents_details_stay_out_of_the_log(cluster, tmp_path, caplog):
+    create_survey(cluster, PIE)
+    telegram = cluster.settings.telegram.model_copy(update={"token": SecretStr(TOKEN)})
+    cluster = replace(cluster, settings=cluster.settings.model_copy(update={"telegram": telegram}))
+    caplog.set_level(logging.DEBUG)
+    with FakeTelegramServer() as fake, FakeTelegramClient(fake.api_url, timeout=20) as tg:
+        runner = BotRunner(cluster=cluster, data_dir=tmp_path, api_url=fake.api_url).start()
+        try:
+            assert "SECRET" not in repr(runner) and "SECRET" not in str(runner.status())
+            for text in ("/survey", "Zebulon", "Quuxcorp", "Atlantis", "Apple Pie", "/y"):
+                tg.ask(5, text)
+        finally:
+            runner.stop()
+    logged = "\n".join(record.getMessage() for record in caplog.records)
+    assert "SECRET" not in logged and "424242" not in logged
+    at_info = "\n".join(r.getMessage() for r in caplog.records if r.levelno >= logging.INFO)
+    assert "entry confirmed" in at_info
+    for detail in ("Zebulon", "Quuxcorp", "Atlantis"):
+        assert detail not in at_info
+
+
+def test_without_token_or_fake_telegram_the_runner_says_what_to_do(cluster):
+    with pytest.raises(ConfigError, match="survey-kit up"):
+        BotRunner(cluster=replace(cluster, telegram_api_url=None))
