@@ -36,6 +36,7 @@ def test_runner_works_inside_a_running_event_loop(cluster, tmp_path):
             finally:
                 runner.stop()
                 assert not runner.running
+                assert runner.status()["confirmed"] == 1 and runner.status()["outbox"] == 0
 
     last, status = asyncio.run(notebook_cell())
     assert last == texts.SENT

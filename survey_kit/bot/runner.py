@@ -106,6 +106,7 @@ class BotRunner:
         self._followers: list[TopicFollower] = []
         self._thread: BotThread | None = None
         self._stores: list[Any] = []
+        self._outbox_left = 0
 
     @property
     def telegram(self) -> str:
@@ -175,6 +176,8 @@ class BotRunner:
         for follower in self._followers:
             follower.stop()
         self._followers = []
+        if self._stores and self.outbox is not None:
+            self._outbox_left = len(self.outbox)  # status() still tells after the stores are closed
         for store in self._stores:
             store.close()
         self._stores = []
@@ -187,7 +190,8 @@ class BotRunner:
         """Whether it runs, what it did (conversations, entries sent, outbox size) and any Kafka errors."""
         counters = self.services.counters.as_dict() if self.services else {}
         errors = {f.topic: f.error for f in self._followers if f.error}
-        if self.delivery and self.delivery.last_error and self.outbox and len(self.outbox):
+        outbox = len(self.outbox) if self.outbox is not None and self._stores else self._outbox_left
+        if self.delivery is not None and self.delivery.last_error and outbox:
             errors["delivery"] = self.delivery.last_error
         if self.alerter and self.alerter.error:
             errors["alerts"] = self.alerter.error
@@ -199,7 +203,7 @@ class BotRunner:
             "surveys_open": [s.survey_id for s in self.catalog.enabled()],
             **counters,
             "delivered": self.delivery.delivered if self.delivery else 0,
-            "outbox": len(self.outbox) if self.outbox and self._stores else 0,
+            "outbox": outbox,
             "alerts_sent": self.alerter.messages_sent if self.alerter else 0,
             "errors": errors,
         }
