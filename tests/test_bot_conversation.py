@@ -334,6 +334,16 @@ def test_admins_create_and_close_surveys_others_are_not_allowed(run_bot, tg):
     expect(tg, 5, texts.ask_name("How do you take your coffee?"))
 
 
+def test_replies_answered_429_are_sent_after_retry_after(run_bot, tg):
+    run_bot()
+    tg.send_text(5, "/help")
+    expect(tg, 5, texts.HELP)
+    tg.rate_limit(5, count=2, retry_after=1)
+    tg.send_text(5, "/start")
+    expect(tg, 5, texts.WELCOME)
+    assert tg.state()["calls"]["sendMessage"] == 4  # 1 + the two refused + the one that got through
+
+
 def test_the_bot_answers_nothing_twice(run_bot, tg):
     run_bot()
     tg.send_text(5, "/start")

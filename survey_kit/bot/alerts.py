@@ -26,6 +26,7 @@ from ..consume import TopicMissing, partitions_of
 from ..serde import value_deserializer
 from ..surveys import Survey
 from .catalog import SurveyCatalog
+from .ratelimit import retry_after_seconds
 from .results import SurveyResult, format_results, parse_result
 from .subscribers import Subscribers
 
@@ -79,12 +80,6 @@ def final_text(result: SurveyResult, catalog: SurveyCatalog) -> str:
     )
     when = f" of the window from {result.window_start:%Y-%m-%d %H:%M} UTC" if result.window_start else ""
     return format_results(survey, result.counts, f"final results{when}")
-
-
-def _seconds(exc: RetryAfter) -> float:
-    # PTB 22 holds retry_after as a timedelta (its public attribute is an int, deprecated, until v23).
-    retry_after = getattr(exc, "_retry_after", None) or exc.retry_after
-    return retry_after.total_seconds() if hasattr(retry_after, "total_seconds") else float(retry_after)
 
 
 class FinalResultsAlerter:
@@ -176,7 +171,7 @@ class FinalResultsAlerter:
                 self.messages_sent += 1
                 return "sent"
             except RetryAfter as exc:
-                delay = _seconds(exc)
+                delay = retry_after_seconds(exc)
                 log.info("Telegram asks to wait %.0f s before posting results", delay)
             except (BadRequest, Forbidden) as exc:
                 log.warning("chat %s does not take final results: %s", chat_id, exc.message)
