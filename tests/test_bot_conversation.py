@@ -252,6 +252,20 @@ def test_disabled_surveys_are_not_offered(run_bot, tg):
     tg.wait_for_reply(5)
 
 
+def test_a_survey_closed_during_a_conversation_is_not_answered(run_bot, tg):
+    bot = run_bot()
+    tg.send_text(5, "/survey")
+    tg.wait_for_reply(5)
+    tg.send_text(5, "Ada")
+    expect(tg, 5, texts.ASK_COMPANY)
+    bot.services.surveys_admin.close("1")
+    tg.send_text(5, "/skip")
+    expect(tg, 5, texts.ASK_LOCATION)
+    tg.send_text(5, "/skip")
+    expect(tg, 5, texts.SURVEY_GONE)
+    assert bot.entries == []
+
+
 def test_no_open_survey_gets_a_clear_message(run_bot, tg):
     run_bot(surveys=(replace(PIE, enabled=False),))
     tg.send_text(5, "/survey")

@@ -7,7 +7,7 @@ import threading
 from confluent_kafka import Message
 
 from ..cluster import Cluster
-from ..surveys import Survey, SurveyError, create_survey, disable_survey
+from ..surveys import Survey, create_survey, disable_survey
 from .follow import TopicFollower
 
 
@@ -79,6 +79,3 @@ class KafkaSurveys:
         survey = disable_survey(self.cluster, survey_id)
         self.catalog.put(survey)
         return survey
-
-
-__all__ = ["KafkaSurveys", "SurveyCatalog", "SurveyError"]

@@ -6,7 +6,6 @@ Mounted by survey_kit.cli with `add_subcommands(commands)` (commands: its subpar
 
 from __future__ import annotations
 
-import argparse
 import json
 import logging
 import signal
