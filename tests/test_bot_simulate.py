@@ -77,6 +77,11 @@ def test_bad_answer_shares_are_refused_with_a_reason(capsys):
         simulate("http://127.0.0.1:9", 0)
 
 
+def test_simulate_without_a_bot_says_to_start_one():
+    with FakeTelegramServer() as fake, pytest.raises(ConnectionError, match="survey-kit bot"):
+        simulate(fake.api_url, 3)
+
+
 def test_planned_entries_have_late_and_out_of_order_timestamps():
     start = datetime(2026, 11, 25, tzinfo=UTC)
     planned = plan_entries(PIE, 200, start=start, interval=timedelta(seconds=10), late=12,

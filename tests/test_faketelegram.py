@@ -176,6 +176,11 @@ def test_a_ptb_application_converses_through_the_fake(fake, tg):
     state = tg.state()
     assert state["commands"] == [{"command": "start", "description": "say hello"}]
     assert state["pending_updates"] == 0  # the updater confirmed what it handled when stopping
+    assert state["bot_polling"] is True  # it polled a moment ago
+
+
+def test_state_tells_whether_a_bot_polls(fake, tg):
+    assert tg.state()["bot_polling"] is False
 
 
 def test_state_survives_a_restart_with_a_data_dir(tmp_path):

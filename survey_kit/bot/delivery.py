@@ -104,6 +104,7 @@ class EntryDelivery:
             **{
                 "message.timeout.ms": int(self.delivery_timeout * 1000),
                 "linger.ms": 5,
+                "client.id": "survey-kit-bot-entries",
                 "error_cb": self._on_client_error,
             },
         )

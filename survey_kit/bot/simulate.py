@@ -205,6 +205,9 @@ def simulate(api_url: str, respondents: int, *, survey_label: str | None = None,
 
     with FakeTelegramClient(api_url, timeout=reply_timeout) as tg, ThreadPoolExecutor(workers) as pool:
         tg.wait_until_ready()
+        if not tg.state()["bot_polling"]:
+            raise ConnectionError(f"no bot is polling the fake Telegram at {api_url}: start it with "
+                                  "`survey-kit bot` (or BotRunner().start() in a notebook)")
         list(pool.map(one, range(respondents)))
 
     report = {

@@ -10,7 +10,7 @@ Control API (JSON), used by `FakeTelegramClient`:
     POST /_fake/edits             {"chat_id", "message_id", "text"}
     GET  /_fake/chats/{id}/bot-messages?after=M&timeout=S   the bot's messages after id M, waiting up to S s
     POST /_fake/rate-limits       {"method": "sendMessage", "chat_id": id | null, "count": K, "retry_after": N}
-    GET  /_fake/state             pending updates, chats, calls per method, the bot's commands
+    GET  /_fake/state             pending updates, whether a bot polls, chats, calls per method, commands
 """
 
 from __future__ import annotations
@@ -292,6 +292,7 @@ async def control_state(request: Request) -> JSONResponse:
     return JSONResponse({
         "bot": BOT_USER,
         "pending_updates": len(world.updates),
+        "bot_polling": world.bot_polling(),
         "chats": sorted(world.chats),
         "calls": world.calls,
         "commands": world.commands,

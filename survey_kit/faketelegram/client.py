@@ -127,7 +127,8 @@ class FakeTelegramClient:
                    {"chat_id": chat_id, "count": count, "retry_after": retry_after, "method": method})
 
     def state(self) -> dict[str, Any]:
-        """Pending updates, known chats, calls per Bot API method and the bot's registered commands."""
+        """Pending updates, whether a bot is polling, known chats, calls per Bot API method and the bot's
+        registered commands."""
         return self._get("/_fake/state")
 
     def wait_until_ready(self, timeout: float = 10.0) -> None:

@@ -103,6 +103,8 @@ class World:
         self.rate_limits: list[RateLimit] = []
         self.calls: dict[str, int] = {}
         self.closing = False
+        self.polls_waiting = 0
+        self.last_poll = float("-inf")  # time.monotonic() of the last getUpdates seen
         self.changed = asyncio.Condition()
 
     async def close(self) -> None:
@@ -179,6 +181,7 @@ class World:
         self, offset: int | None, limit: int, timeout: float, allowed_updates: list[str] | None
     ) -> list[dict[str, Any]]:
         """getUpdates: confirm updates below `offset`, then return waiting ones, long-polling if none."""
+        self.last_poll = time.monotonic()
         if allowed_updates is not None:
             # As Telegram: an empty list means the default set; the choice sticks for later calls.
             self.allowed_updates = frozenset(allowed_updates) or DEFAULT_UPDATE_TYPES
@@ -189,11 +192,15 @@ class World:
                 self.updates = [u for u in self.updates if u["update_id"] >= offset]
         self.updates = [u for u in self.updates if _update_type(u) in self.allowed_updates]
         if not self.updates and timeout > 0:
-            async with self.changed:
-                try:
+            self.polls_waiting += 1
+            try:
+                async with self.changed:
                     await asyncio.wait_for(self.changed.wait_for(lambda: self.closing or bool(self.updates)), timeout)
-                except TimeoutError:
-                    pass
+            except TimeoutError:
+                pass
+            finally:
+                self.polls_waiting -= 1
+                self.last_poll = time.monotonic()
         return [u for u in self.updates if _update_type(u) in self.allowed_updates][:limit]
 
     async def send_message(
@@ -224,6 +231,10 @@ class World:
         if reply_markup and "inline_keyboard" in reply_markup:
             message["reply_markup"] = reply_markup  # Telegram echoes inline keyboards only
         return message
+
+    def bot_polling(self, within: float = 5.0) -> bool:
+        """Whether a bot is taking updates: polling right now, or did so in the last `within` seconds."""
+        return self.polls_waiting > 0 or time.monotonic() - self.last_poll < within
 
     def count_call(self, method: str) -> None:
         self.calls[method] = self.calls.get(method, 0) + 1
