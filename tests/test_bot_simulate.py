@@ -8,6 +8,7 @@ from collections import Counter
 from datetime import UTC, datetime, timedelta
 
 import pytest
+import yaml
 
 from survey_kit.bot.cli import add_subcommands
 from survey_kit.bot.generator import plan_entries, write_entries
@@ -62,6 +63,27 @@ def test_simulate_command_prints_one_json_document(cluster, running_bot, capsys)
     assert args.run(args) == 0
     report = json.loads(capsys.readouterr().out)
     assert report["confirmed"] == 5 and report["cancelled"] == 0  # several surveys: the first is picked
+
+
+def test_simulate_answers_the_survey_it_is_told_to(cluster, running_bot, tmp_path, capsys):
+    fake, runner = running_bot
+    create_survey(cluster, CAKE)
+    config = tmp_path / "survey-kit.yaml"
+    config.write_text(yaml.safe_dump({
+        "kafka": {"bootstrap.servers": cluster.bootstrap_servers},
+        "schema_registry": {"url": cluster.schema_registry_url},
+        "topics": cluster.topics.model_dump(),
+    }))
+    args = parse(["--config", str(config), "simulate", "--respondents", "4", "--survey", "2", "--cancel", "0",
+                  "--telegram-api-url", fake.api_url, "--json"])
+    assert args.run(args) == 0
+    assert json.loads(capsys.readouterr().out)["confirmed"] == 4
+    values = [v for _, v in read_values(cluster, cluster.topics.entries)]
+    assert [v["survey_id"] for v in values] == ["2"] * 4
+    args = parse(["--config", str(config), "simulate", "--respondents", "1", "--survey", "9",
+                  "--telegram-api-url", fake.api_url])
+    assert args.run(args) == 2
+    assert "there is no survey '9'" in capsys.readouterr().err
 
 
 def test_bad_answer_shares_are_refused_with_a_reason(capsys):
