@@ -158,3 +158,45 @@ def test_results_come_from_the_live_results_topic(cluster, start_bot, tg):
     assert text.splitlines()[0] == 'Results for "Thanksgiving Pie" (live, from survey-results-live):'
     assert "Apple Pie                     ████████░░ 3 (75%)" in text and "4 answers in total." in text
     assert list(read_messages(cluster, topic))  # the record is where the pipeline would put it
+
+
+def test_only_confirmed_answers_are_recorded_whatever_the_detours(cluster, start_bot, tg):
+    cake = Survey("2", "Which cake do you bake most?", "Cakes", ["Carrot", "Cheesecake"])
+    create_survey(cluster, PIE)
+    create_survey(cluster, cake)
+    create_survey(cluster, Survey("3", "Tea?", "Tea", ["Yes", "No"], enabled=False))
+    runner = start_bot()
+    wait_for(lambda: len(runner.catalog.all()) == 3, what="the three surveys")
+
+    def say(chat, text, expected):
+        tg.send_text(chat, text)
+        assert tg.wait_for_reply(chat).text == expected
+
+    # several surveys: the disabled one is not offered; detours: sticker, skips, an invalid option
+    tg.send_text(5, "/survey")
+    assert tg.wait_for_reply(5).options == ["Thanksgiving Pie", "Cakes"]
+    say(5, "Cakes", texts.ask_name(cake.question))
+    tg.send_sticker(5)
+    assert tg.wait_for_reply(5).text == f"{texts.NOT_TEXT}\n\n{texts.ASK_NAME}"
+    say(5, "Ada", texts.ASK_COMPANY)
+    say(5, "/skip", texts.ASK_LOCATION)
+    say(5, "/skip", cake.question)
+    say(5, "Sponge", f"{texts.PICK_OPTION}\n\n{cake.question}")
+    say(5, "Cheesecake", texts.summary("Cakes", "Ada", None, None, "Cheesecake"))
+    say(5, "/y", texts.SENT)
+    # one cancels on the way, one discards at the end
+    tg.send_text(6, "/survey")
+    tg.wait_for_reply(6)
+    say(6, "Thanksgiving Pie", texts.ask_name(PIE.question))
+    say(6, "Grace", texts.ASK_COMPANY)
+    say(6, "/cancel", texts.CANCELLED)
+    tg.send_text(7, "/survey")
+    tg.wait_for_reply(7)
+    for text in ("Cakes", "Alan", "ACME", "Leeds", "Carrot"):
+        tg.send_text(7, text)
+        tg.wait_for_reply(7)
+    say(7, "/n", texts.DISCARDED)
+
+    assert [v for _, v in entries(cluster)] == [
+        {"survey_id": "2", "user_id": "5", "name": "Ada", "company": None, "location": None,
+         "response": "Cheesecake"}]
