@@ -225,3 +225,15 @@ def test_process_serves_health_and_refuses_a_busy_port(tmp_path):
         process.terminate()
         process.wait(timeout=30)
     assert (tmp_path / "faketelegram-state.json").exists()  # a terminated fake saves its state
+
+
+def test_control_api_says_what_is_wrong_with_a_request(fake, tg):
+    with httpx.Client(base_url=fake.api_url) as http:
+        no_chat = http.post("/_fake/messages", json={"text": "hi"})
+        assert no_chat.status_code == 400 and "'chat_id' must be an integer" in no_chat.json()["error"]
+        no_content = http.post("/_fake/messages", json={"chat_id": 1})
+        assert "give 'text', or 'kind' one of sticker, photo, voice" in no_content.json()["error"]
+        bad_limit = http.post("/_fake/rate-limits", json={"chat_id": 1, "count": 0, "retry_after": 1})
+        assert "at least 1" in bad_limit.json()["error"]
+    with pytest.raises(ValueError, match="'text' must be a string"):
+        tg.edit_message(1, 1, None)
