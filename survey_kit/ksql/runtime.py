@@ -46,7 +46,7 @@ from . import ast
 from .engine import DEAD_LETTER_TOPIC, DEFAULT_DEAD_LETTER_TOPIC, Engine, StatementResult
 from .formats import RegistrySchemaStore
 from .operators import CACHE_BYTES, OutputRecord
-from .parser import parse_statement, split_statements, substitute
+from .parser import StatementText, parse_statement, split_statements, substitute
 from .types import KsqlError
 
 log = logging.getLogger("survey_kit.ksql.runtime")
@@ -55,6 +55,7 @@ log = logging.getLogger("survey_kit.ksql.runtime")
 RUNTIME_DEFAULT_PROPERTIES = {CACHE_BYTES: str(10 * 1024 * 1024)}
 # Statements that change what the engine runs: they are recorded in the command topic.
 _COMMANDS = (ast.CreateSource, ast.CreateAsSelect, ast.Drop, ast.Terminate)
+CHECKPOINT_KEY = b"checkpoint"
 
 
 class RuntimeUnavailable(ConnectionError):
@@ -64,7 +65,7 @@ class RuntimeUnavailable(ConnectionError):
 class StatementFailed(KsqlError):
     """A statement was rejected: `statement` is its text, `results` what the statements before it did."""
 
-    def __init__(self, message: str, statement: str, results: list[StatementResult]):
+    def __init__(self, message: str, statement: str, results: list):
         super().__init__(message)
         self.message = message
         self.statement = statement
@@ -142,7 +143,11 @@ class EngineRuntime:
         self._command_producer: Producer | None = None
         self._consumer: Consumer | None = None
         self._assigned: set[tuple[str, int]] = set()
-        self._positions: dict[tuple[str, int], int] = {}
+        self._positions: dict[tuple[str, int], int] = {}  # next input offset per source partition
+        self._output_ends: dict[tuple[str, int], int] = {}  # next offset per output partition, from deliveries
+        self._replayed: dict[tuple[str, int], int] = {}  # outputs a crashed transaction already wrote
+        self._partition_counts: dict[str, int] = {}
+        self._delivery_error: KafkaError | None = None
         self._in_transaction = False
         self._uncommitted = 0
         self._last_commit = time.monotonic()
@@ -230,7 +235,7 @@ class EngineRuntime:
             if outputs:
                 self._begin()
                 for out in outputs:
-                    produce(out)
+                    produce(out, partition)
         if processed:
             self._begin()  # offsets advanced: they are committed in a transaction even without outputs
             self._uncommitted += processed
@@ -244,21 +249,42 @@ class EngineRuntime:
             for out in outputs:
                 self._produce(out)
 
-    def _produce(self, out: OutputRecord) -> None:
+    def _produce(self, out: OutputRecord, input_partition: int = 0) -> None:
+        """Produce one output to the partition Kafka's Java clients would pick (keyless: the input's)."""
+        topic = out.topic
+        partitions = self._partition_counts.get(topic) or self._partition_count(topic)
+        if out.partition is not None:
+            partition = out.partition
+        elif partitions == 1:
+            partition = 0
+        elif out.key is not None:
+            partition = (murmur2(out.key) & 0x7FFFFFFF) % partitions
+        else:
+            partition = input_partition % partitions
+        if self._replayed:
+            where = (topic, partition)
+            if self._replayed.get(where):
+                # already written by a transaction a crash cut short (visible on the embedded broker)
+                self._replayed[where] -= 1
+                return
         if out.dead_letter:
             self.metrics.dead_letters += 1
         self.metrics.records_out += 1
-        kwargs: dict[str, Any] = {"timestamp": out.timestamp}
-        if out.partition is not None:
-            kwargs["partition"] = out.partition
-        if out.headers:
-            kwargs["headers"] = list(out.headers)
         while True:
             try:
-                self._producer.produce(out.topic, out.value, out.key, **kwargs)
+                self._producer.produce(
+                    topic, out.value, out.key, partition=partition, timestamp=out.timestamp,
+                    headers=list(out.headers) if out.headers else None, on_delivery=self._delivered,
+                )
                 return
             except BufferError:  # the local queue is full: let deliveries drain
                 self._producer.poll(0.05)
+
+    def _delivered(self, error, message) -> None:
+        if error is None:
+            self._output_ends[(message.topic(), message.partition())] = message.offset() + 1
+        else:
+            self._delivery_error = error
 
     def _begin(self) -> None:
         if not self._in_transaction:
@@ -266,26 +292,40 @@ class EngineRuntime:
             self._in_transaction = True
 
     def _commit(self) -> None:
-        """Commit outputs, state changes and input offsets as one transaction."""
+        """Commit outputs, state changes and input offsets as one transaction.
+
+        The state changes, the input offsets and the end offset of every output
+        partition travel in ONE checkpoint record on the changelog topic,
+        produced after the outputs are acknowledged. Kafka makes the whole
+        transaction visible or not; the embedded broker (Tansu 0.6) also
+        exposes what a killed engine's unfinished transaction wrote once the
+        next instance starts. The checkpoint being one record, state and
+        offsets stay consistent either way, and the output ends let the next
+        instance skip outputs that are already there (see `_count_replayed`).
+        """
         self._emit(self.engine.flush())
         changes = self.engine.drain_changes()
-        if changes:
-            self._begin()
-            for query_id, store, key, value in changes:
-                self._producer.produce(
-                    self.changelog_topic,
-                    None if value is None else json.dumps(value, separators=(",", ":")).encode(),
-                    json.dumps([query_id, store, key], separators=(",", ":")).encode(),
-                )
         self._last_commit = time.monotonic()
-        if not self._in_transaction:
+        if not self._in_transaction and not changes:
             return
-        offsets = [TopicPartition(t, p, o) for (t, p), o in self._positions.items() if o >= 0]
+        self._begin()
         try:
-            if offsets:
+            if self._producer.flush(30):
+                raise RuntimeUnavailable("outputs were not acknowledged within 30 s")
+            if self._delivery_error is not None:
+                error, self._delivery_error = self._delivery_error, None
+                raise KafkaException(error)
+            checkpoint = {
+                "changes": changes,
+                "offsets": [[t, p, o] for (t, p), o in self._positions.items() if o >= 0],
+                "ends": [[t, p, o] for (t, p), o in self._output_ends.items()],
+            }
+            self._producer.produce(self.changelog_topic, json.dumps(checkpoint, separators=(",", ":")).encode(), CHECKPOINT_KEY)
+            offsets = [TopicPartition(t, p, o) for (t, p), o in self._positions.items() if o >= 0]
+            if offsets:  # also in the consumer group, where lag monitors look
                 self._producer.send_offsets_to_transaction(offsets, self._consumer.consumer_group_metadata(), 30)
             self._commit_transaction()
-        except KafkaException:
+        except (KafkaException, RuntimeUnavailable):
             self._abort()
             raise
         self._in_transaction = False
@@ -314,11 +354,12 @@ class EngineRuntime:
 
     # ------------------------------------------------------------ statements
 
-    def execute(self, ksql: str, properties: dict[str, str] | None = None, variables: dict[str, str] | None = None) -> list[StatementResult]:
+    def execute(self, ksql: str, properties: dict[str, str] | None = None, variables: dict[str, str] | None = None) -> list[tuple[ast.Statement, StatementResult]]:
         """Run statements (ksqlDB syntax) on the engine; those changing it are recorded in the command topic.
 
         As on a ksqlDB server, `variables` (DEFINE) and `properties` (SET) hold
         for this request only; the properties apply to the queries it creates.
+        Returns each statement with its result (DEFINE and SET have none).
         Raises StatementFailed for a statement the engine rejects, with the
         results of the statements before it (which stay applied, as on ksqlDB).
         """
@@ -326,7 +367,7 @@ class EngineRuntime:
             raise RuntimeUnavailable(f"the engine is not connected to Kafka at {self.cluster.bootstrap_servers} yet; try again")
         scope = {k.lower(): str(v) for k, v in (variables or {}).items()}
         request_properties = {str(k): str(v) for k, v in (properties or {}).items()}
-        results: list[StatementResult] = []
+        results: list[tuple[ast.Statement, StatementResult]] = []
         with self._lock:
             for piece in split_statements(ksql):
                 try:
@@ -341,7 +382,7 @@ class EngineRuntime:
                     elif isinstance(statement, ast.UnsetProperty):
                         request_properties.pop(statement.name, None)
                     else:
-                        results.append(self._execute_statement(statement, request_properties))
+                        results.append((statement, self._execute_statement(statement, request_properties)))
                 except KsqlError as exc:
                     raise StatementFailed(str(exc), piece.text, results) from None
         return results
@@ -459,7 +500,6 @@ class EngineRuntime:
         self._ensure_topic(self.changelog_topic, {"cleanup.policy": "compact"})
         producer = Producer(self.cluster.producer_config(**{
             "transactional.id": f"_survey_kit_ksql_{self.engine_id}",
-            "partitioner": "murmur2_random",  # as the Java clients: ksqlDB's outputs land on the same partitions
             "linger.ms": 5,
             "transaction.timeout.ms": 60_000,
             **self._quiet,
@@ -481,7 +521,7 @@ class EngineRuntime:
         applied = []
         for command in commands:
             try:
-                statement = parse_statement(split_statements(command.statement)[0])
+                statement = parse_statement(StatementText(command.statement, 1, 1))
                 self._run(statement, command.properties)
                 applied.append(command)
             except KsqlError as exc:
@@ -492,9 +532,13 @@ class EngineRuntime:
         else:
             self._commands = applied
             self._write_backup()
+        self._positions = {}
+        self._output_ends = {}
+        self._partition_counts = {}
+        self._delivery_error = None
         self._restore_state()
         self._ensure_sink_topics()
-        self._positions = {}
+        self._count_replayed()
         self._assigned = set()
         self._in_transaction = False
         self._uncommitted = 0
@@ -507,16 +551,61 @@ class EngineRuntime:
         self._sync_assignment()
 
     def _restore_state(self) -> None:
-        latest: dict[bytes, bytes | None] = {}
+        """Replay the checkpoints: state changes, input offsets, output ends."""
+        latest: dict[tuple, object] = {}
+        checkpoints = 0
         for message in self._read_topic(self.changelog_topic):
-            latest[message.key()] = message.value()
-        changes = []
-        for key, value in latest.items():
-            query_id, store, encoded = json.loads(key)
-            changes.append((query_id, store, encoded, None if value is None else json.loads(value)))
-        self.engine.apply_changes(changes)
-        if changes:
-            log.info("restored %d state entries from %s", len(changes), self.changelog_topic)
+            if message.key() != CHECKPOINT_KEY or message.value() is None:
+                continue
+            checkpoint = json.loads(message.value())
+            checkpoints += 1
+            for query_id, store, key, value in checkpoint["changes"]:
+                latest[(query_id, store, key)] = value
+            self._positions = {(t, p): o for t, p, o in checkpoint["offsets"]}
+            self._output_ends = {(t, p): o for t, p, o in checkpoint["ends"]}
+        self.engine.apply_changes([(q, s, k, v) for (q, s, k), v in latest.items()])
+        if checkpoints:
+            log.info("restored %d state entries and the offsets of %d partitions from %d checkpoints", len(latest), len(self._positions), checkpoints)
+
+    def _count_replayed(self) -> None:
+        """Count, per output partition, records past the last checkpoint: a crash's unfinished transaction.
+
+        On Kafka they are aborted and invisible (nothing to count). On the
+        embedded broker they are visible, and the same records come again
+        when their inputs are processed again: that many are skipped. Tables
+        with the record cache on are left out: their updates coalesce
+        differently from run to run, and repeating the latest row of a key is
+        harmless in a table.
+        """
+        self._replayed = {}
+        cached = {q.plan.sink.topic for q in self.engine.queries.values() if getattr(q, "caching", False)}
+        topics = {q.plan.sink.topic for q in self.engine.queries.values()} | {self._dead_letter_topic()}
+        wanted = [(t, p) for t in sorted(topics - cached) for p in range(self._partition_count(t))]
+        if not wanted:
+            return
+        consumer = Consumer(self.cluster.consumer_config(**{"enable.partition.eof": True, "isolation.level": "read_committed", "fetch.wait.max.ms": 10, **self._quiet}))
+        try:
+            consumer.assign([TopicPartition(t, p, self._output_ends.get((t, p), OFFSET_BEGINNING)) for t, p in wanted])
+            open_partitions = set(wanted)
+            deadline = time.monotonic() + 30
+            while open_partitions:
+                if time.monotonic() > deadline:
+                    raise RuntimeUnavailable("reading the output topics past the last checkpoint timed out")
+                for message in consumer.consume(10_000, 0.5):
+                    where = (message.topic(), message.partition())
+                    error = message.error()
+                    if error is None:
+                        self._replayed[where] = self._replayed.get(where, 0) + 1
+                        self._output_ends[where] = message.offset() + 1
+                    elif error.code() == KafkaError._PARTITION_EOF:
+                        open_partitions.discard(where)
+                    else:
+                        raise KafkaException(error)
+        finally:
+            consumer.close()
+        if self._replayed:
+            log.warning("a crash left %s output records past the last checkpoint; their repeats will be skipped",
+                        ", ".join(f"{n} on {t}[{p}]" for (t, p), n in sorted(self._replayed.items())))
 
     def _read_topic(self, topic: str) -> list:
         """Every committed record of `topic`, to its end (end-of-partition, never the listed watermark)."""
@@ -551,6 +640,13 @@ class EngineRuntime:
         except KafkaException as exc:
             raise RuntimeUnavailable(f"cannot list the topics: {_text(exc)}") from None
         return {name: len(t.partitions) for name, t in metadata.topics.items() if t.error is None}
+
+    def _partition_count(self, topic: str) -> int:
+        count = self._partition_counts.get(topic) or self._topics().get(topic, 0)
+        if not count:
+            raise RuntimeUnavailable(f"topic {topic} does not exist")
+        self._partition_counts[topic] = count
+        return count
 
     def _partitions(self, topic: str) -> list[int]:
         return list(range(self._topics().get(topic, 0)))
@@ -595,13 +691,8 @@ class EngineRuntime:
         wanted = {(t, p) for t in self.engine.source_topics() for p in range(topics.get(t, 0))}
         if wanted == self._assigned:
             return
-        added = wanted - self._assigned
-        if added:
-            committed = self._consumer.committed([TopicPartition(t, p) for t, p in added], timeout=10)
-            for tp in committed:
-                key = (tp.topic, tp.partition)
-                if key not in self._positions:
-                    self._positions[key] = tp.offset if tp.offset >= 0 else OFFSET_BEGINNING
+        for key in wanted - self._assigned:
+            self._positions.setdefault(key, OFFSET_BEGINNING)  # the checkpoints hold where reading stopped
         gone = self._assigned - wanted
         for key in gone:
             self._positions.pop(key, None)
@@ -668,11 +759,35 @@ class EngineRuntime:
 
 def _statement_partitions(text: str) -> int | None:
     try:
-        statement = parse_statement(split_statements(text)[0]) if text else None
+        statement = parse_statement(StatementText(text, 1, 1)) if text else None
     except KsqlError:
         return None
     props = {k.upper(): v for k, v in getattr(statement, "properties", {}).items()}
     return int(props["PARTITIONS"]) if "PARTITIONS" in props else None
+
+
+def murmur2(data: bytes) -> int:
+    """Kafka's murmur2 hash (as the Java clients' default partitioner), unsigned 32-bit."""
+    m, length = 0x5BD1E995, len(data)
+    h = (0x9747B28C ^ length) & 0xFFFFFFFF
+    whole = length - length % 4
+    for i in range(0, whole, 4):
+        k = data[i] | data[i + 1] << 8 | data[i + 2] << 16 | data[i + 3] << 24
+        k = (k * m) & 0xFFFFFFFF
+        k ^= k >> 24
+        h = ((h * m) & 0xFFFFFFFF) ^ ((k * m) & 0xFFFFFFFF)
+    rest = length % 4
+    if rest == 3:
+        h ^= data[whole + 2] << 16
+    if rest >= 2:
+        h ^= data[whole + 1] << 8
+    if rest >= 1:
+        h ^= data[whole]
+        h = (h * m) & 0xFFFFFFFF
+    h ^= h >> 13
+    h = (h * m) & 0xFFFFFFFF
+    h ^= h >> 15
+    return h
 
 
 def _text(exc: Exception) -> str:

@@ -35,7 +35,7 @@ from survey_kit.cluster import Cluster
 
 from . import ast
 from .engine import StatementResult
-from .parser import parse_statement, split_statements
+from .parser import split_statements
 from .runtime import EngineRuntime, RuntimeUnavailable, StatementFailed
 from .types import KsqlError
 
@@ -174,6 +174,9 @@ def create_app(runtime: EngineRuntime) -> Starlette:
             return _error(400, ERROR_BAD_STATEMENT, str(exc), text)
         except RuntimeUnavailable as exc:
             return _error(503, ERROR_UNAVAILABLE, str(exc))
+        except Exception as exc:  # a defect: answer in ksqlDB's shape, keep the trace in the log
+            log.exception("statement failed")
+            return _error(500, 50000, f"The engine failed on this request: {exc}", text)
         return KsqlResponse(_entities(runtime, results))
 
     async def post_ksql(request: Request) -> KsqlResponse:
@@ -234,19 +237,14 @@ def create_app(runtime: EngineRuntime) -> Starlette:
     )
 
 
-def _entities(runtime: EngineRuntime, results: list[StatementResult]) -> list[dict]:
-    entities = []
-    for number, result in enumerate(results, start=1):
-        statement = parse_statement(split_statements(result.statement)[0]) if result.statement else None
-        if statement is not None:
-            entities.append(entity(runtime, statement, result, number))
-    return entities
+def _entities(runtime: EngineRuntime, results: list[tuple[ast.Statement, StatementResult]]) -> list[dict]:
+    return [entity(runtime, statement, result, number) for number, (statement, result) in enumerate(results, start=1)]
 
 
 # ---------------------------------------------------------------- process entry point
 
 
-def serve(cluster: Cluster, host: str = "127.0.0.1", port: int = 8088, data_dir: str | Path | None = None, engine_id: str = "survey_kit") -> int:
+def serve(cluster: Cluster, host: str = "127.0.0.1", port: int = 8088, data_dir: str | Path | None = None, engine_id: str = "survey_kit", commit_interval_ms: int = 20) -> int:
     """Run the engine and its REST API in the foreground until interrupted; 2 if the port is taken."""
     if host not in ("127.0.0.1", "localhost", "::1"):
         print(f"error: the engine listens on loopback only (got --host {host}); use 127.0.0.1", file=sys.stderr)
@@ -257,7 +255,7 @@ def serve(cluster: Cluster, host: str = "127.0.0.1", port: int = 8088, data_dir:
     except OSError:
         print(f"error: port {port} on {host} is in use: stop what runs there or pick another port (--port)", file=sys.stderr)
         return 2
-    runtime = EngineRuntime(cluster, engine_id=engine_id, data_dir=data_dir)
+    runtime = EngineRuntime(cluster, engine_id=engine_id, data_dir=data_dir, commit_interval_ms=commit_interval_ms)
     print(f"ksql engine {engine_id} on http://{host}:{port} (Kafka {cluster.bootstrap_servers}, registry {cluster.schema_registry_url})", file=sys.stderr, flush=True)
     uvicorn.run(create_app(runtime), host=host, port=port, log_level="warning")
     return 0
@@ -271,6 +269,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--bootstrap-servers", required=True, help="Kafka bootstrap servers, e.g. 127.0.0.1:9092")
     parser.add_argument("--schema-registry-url", required=True, help="Schema Registry URL, e.g. http://127.0.0.1:8081")
     parser.add_argument("--engine-id", default="survey_kit", help="names the engine's internal topics and transactions (default survey_kit)")
+    parser.add_argument("--commit-interval-ms", type=int, default=20,
+                        help="how often outputs, state and offsets are committed (default 20 ms: low latency)")
     parser.add_argument("--embedded", action=argparse.BooleanOptionalAction, default=True,
                         help="the broker is the embedded one (topics with one replica; default yes)")
     args = parser.parse_args(argv)
@@ -278,7 +278,7 @@ def main(argv: list[str] | None = None) -> int:
     logging.getLogger("httpx").setLevel(logging.WARNING)
     logging.getLogger("httpx2").setLevel(logging.WARNING)
     cluster = Cluster(bootstrap_servers=args.bootstrap_servers, schema_registry_url=args.schema_registry_url, embedded=args.embedded)
-    return serve(cluster, args.host, args.port, args.data_dir, args.engine_id)
+    return serve(cluster, args.host, args.port, args.data_dir, args.engine_id, args.commit_interval_ms)
 
 
 if __name__ == "__main__":

@@ -1,0 +1,374 @@
+"""The ksql engine on the embedded broker: the talk's pipeline end to end, exactly once, outages.
+
+The pipeline files name the default topics (survey-entries, ...), so these tests run on stacks of
+their own rather than the session's shared one. The engine runs as its own process (`python -m
+survey_kit.ksql.server`), as `survey-kit up` starts it, so a test can SIGKILL it.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+from confluent_kafka.schema_registry import SchemaRegistryClient
+
+from survey_kit.cluster import from_stack
+from survey_kit.consume import read_messages
+from survey_kit.ksql.apply import apply_pipeline, register_value_schemas
+from survey_kit.ksql.driver import Driver
+from survey_kit.ksql.engine import Engine
+from survey_kit.ksql.formats import RegistrySchemaStore
+from survey_kit.ksql.pipeline import read_pipeline
+from survey_kit.ksql.rest import KsqlRestClient, KsqlServerError
+from survey_kit.serde import avro_producer
+from survey_kit.stack import EmbeddedStack
+from survey_kit.stack.processes import free_port
+from survey_kit.topics import create_topics
+
+KSQL_DIR = Path(__file__).resolve().parents[1] / "ksql"
+MINUTE = 60_000
+SHORT_WINDOW = {"results_window_size": "1 MINUTE", "results_window_grace": "0 SECONDS"}
+QUESTIONS = {"1": "Which pie?", "2": "Which drink?"}
+OPTIONS = {"1": ["Pumpkin Pie", "Pecan Pie", "Apple Pie"], "2": ["Tea", "Coffee"]}
+
+pytestmark = pytest.mark.timeout(300)
+
+
+def wait_for(condition, timeout=60.0, what="the condition"):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = condition()
+        if value:
+            return value
+        time.sleep(0.1)
+    raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}")
+
+
+class EngineProcess:
+    """`python -m survey_kit.ksql.server` against a stack, started and killed by the test."""
+
+    def __init__(self, stack: EmbeddedStack, data_dir: Path, commit_interval_ms: int = 20):
+        self.stack = stack
+        self.commit_interval_ms = commit_interval_ms
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.data_dir = data_dir
+        self.log = data_dir / "engine.log"
+        self.proc: subprocess.Popen | None = None
+
+    def start(self) -> EngineProcess:
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        with open(self.log, "ab") as log:
+            self.proc = subprocess.Popen(
+                [sys.executable, "-m", "survey_kit.ksql.server", "--host", "127.0.0.1", "--port", str(self.port),
+                 "--data-dir", str(self.data_dir), "--bootstrap-servers", self.stack.bootstrap_servers,
+                 "--schema-registry-url", self.stack.schema_registry_url,
+                 "--commit-interval-ms", str(self.commit_interval_ms)],
+                stdout=log, stderr=subprocess.STDOUT,
+            )
+        wait_for(self.ready, 60, "the engine to answer GET / with 200")
+        return self
+
+    def ready(self) -> bool:
+        assert self.proc.poll() is None, f"the engine exited: {self.log.read_text()[-3000:]}"
+        try:
+            return httpx.get(self.url + "/", timeout=1).status_code == 200
+        except httpx.HTTPError:
+            return False
+
+    def kill(self) -> None:
+        self.proc.send_signal(signal.SIGKILL)
+        self.proc.wait(10)
+
+    def stop(self) -> None:
+        if self.proc and self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(20)
+            except subprocess.TimeoutExpired:
+                self.kill()
+
+    def info(self) -> dict:
+        return httpx.get(self.url + "/info", timeout=5).json()["survey_kit"]
+
+    def client(self) -> KsqlRestClient:
+        return KsqlRestClient(self.url)
+
+
+class Survey:
+    """Produces questions and entries as the bot does (string keys, Avro values through the registry)."""
+
+    def __init__(self, cluster):
+        self.cluster = cluster
+        self.entries = avro_producer(cluster, "survey-entries")
+        self.questions = avro_producer(cluster, "survey-questions")
+
+    def question(self, survey_id: str, timestamp: int = 1) -> None:
+        self.questions.produce(cluster_topic(self.cluster, "questions"), key=survey_id, timestamp=timestamp, value={
+            "survey_id": survey_id, "question": QUESTIONS[survey_id], "summary": QUESTIONS[survey_id][:10],
+            "options": OPTIONS[survey_id], "enabled": True,
+        })
+        self.questions.flush()
+
+    def entry(self, survey_id: str, user: int, response: str, timestamp: int) -> None:
+        self.entries.produce(cluster_topic(self.cluster, "entries"), key=survey_id, timestamp=timestamp, value={
+            "survey_id": survey_id, "user_id": f"user-{user}", "name": f"Name {user}", "company": None,
+            "location": "Lisbon" if user % 2 else None, "response": response,
+        })
+
+    def flush(self) -> None:
+        self.entries.flush()
+
+
+def cluster_topic(cluster, name: str) -> str:
+    return getattr(cluster.topics, name)
+
+
+def committed(cluster, topic: str) -> list:
+    """The records of `topic` that committed transactions wrote (read_committed), in order."""
+    return [(m.key(), m.value(), m.timestamp()[1]) for m in read_messages(cluster, topic, **{"isolation.level": "read_committed"})]
+
+
+def decoded(cluster, topic: str) -> list[tuple[bytes, dict | None]]:
+    from confluent_kafka.schema_registry.avro import AvroDeserializer
+    from confluent_kafka.serialization import MessageField, SerializationContext
+
+    deserialize = AvroDeserializer(SchemaRegistryClient(cluster.registry_config()))
+    context = SerializationContext(topic, MessageField.VALUE)
+    return [(key, deserialize(value, context) if value is not None else None) for key, value, _ in committed(cluster, topic)]
+
+
+def latest_per_key(records):
+    table = {}
+    for key, value in records:
+        table[key] = value
+    return table
+
+
+# ---------------------------------------------------------------- the pipeline on a running engine
+
+
+@pytest.fixture(scope="module")
+def running(tmp_path_factory):
+    """A stack of its own, the engine process, the pipeline applied (short windows)."""
+    data = tmp_path_factory.mktemp("engine")
+    with EmbeddedStack(data_dir=data / "stack", services=("broker", "registry")) as stack:
+        cluster = from_stack(stack)
+        create_topics(cluster)
+        register_value_schemas(cluster)
+        engine = EngineProcess(stack, data / "engine").start()
+        try:
+            with engine.client() as client:
+                apply_pipeline(client, KSQL_DIR, SHORT_WINDOW)
+            yield stack, cluster, engine
+        finally:
+            engine.stop()
+
+
+def test_the_talks_pipeline_runs_on_the_broker(running):
+    stack, cluster, engine = running
+    survey = Survey(cluster)
+    survey.question("1")
+    # three votes in the first minute, one in the second: the first window closes with it
+    for user, (response, ts) in enumerate([("Apple Pie", 1_000), ("Pecan Pie", 2_000), ("Apple Pie", 3_000), ("Apple Pie", MINUTE + 500)]):
+        survey.entry("1", user, response, ts)
+    survey.flush()
+
+    respondents = wait_for(lambda: len(decoded(cluster, "survey-respondents")) >= 4 and decoded(cluster, "survey-respondents"), what="respondents")
+    assert [v for _, v in respondents] == [
+        {"user_id": f"user-{u}", "name": f"Name {u}", "company": None, "location": "Lisbon" if u % 2 else None} for u in range(4)
+    ]
+    responses = decoded(cluster, "survey-responses")
+    # survey_entries declares no key column, so (as on ksqlDB) its projections carry no key
+    assert [(k, v["survey_id"], v["response"]) for k, v in responses] == [
+        (None, "1", "Apple Pie"), (None, "1", "Pecan Pie"), (None, "1", "Apple Pie"), (None, "1", "Apple Pie"),
+    ]
+
+    live = wait_for(lambda: (t := latest_per_key(decoded(cluster, "survey-results-live"))) and t[b"1"]["RESULTS"] == {"Apple Pie": 3, "Pecan Pie": 1} and t, what="the live histogram")
+    assert live[b"1"]["QUESTION"] == "Which pie?"
+
+    final = wait_for(lambda: decoded(cluster, "survey-results-final"), what="the final histogram")
+    assert len(final) == 1
+    key, value = final[0]
+    assert key == b"1" + (0).to_bytes(8, "big")  # Kafka Streams' windowed key: key bytes, window start
+    assert value["RESULTS"] == {"Apple Pie": 2, "Pecan Pie": 1}
+    assert value["QUESTION"] == "Which pie?"
+
+
+def test_a_malformed_entry_becomes_a_dead_letter_and_the_query_goes_on(running):
+    stack, cluster, engine = running
+    from confluent_kafka import Producer
+
+    producer = Producer(cluster.producer_config())
+    producer.produce("survey-entries", key=b"2", value=b"not avro at all", timestamp=5_000)
+    producer.produce("survey-entries", key=b"2", value=b"\x00\x00\x00\x7f\xffgarbage", timestamp=5_000)  # unknown schema id
+    producer.flush()
+    survey = Survey(cluster)
+    survey.entry("2", 100, "Tea", 6_000)
+    survey.flush()
+
+    letters = wait_for(lambda: len(committed(cluster, "ksql-dead-letters")) >= 2 and committed(cluster, "ksql-dead-letters"), what="dead letters")
+    bodies = [json.loads(value) for _, value, _ in letters]
+    assert {b["topic"] for b in bodies} == {"survey-entries"}
+    assert all(b["partition"] == 0 and isinstance(b["offset"], int) and b["error"] for b in bodies)
+    assert "magic byte" in bodies[0]["error"]
+    assert "schema id 2147483647" in bodies[1]["error"] or "unknown Avro schema id" in bodies[1]["error"]
+    wait_for(lambda: any(v["user_id"] == "user-100" for _, v in decoded(cluster, "survey-respondents")), what="the entry after the bad ones")
+    assert engine.info()["dead_letters"] >= 2
+
+
+def test_applying_twice_is_harmless(running):
+    stack, cluster, engine = running
+    with engine.client() as client:
+        applied = apply_pipeline(client, KSQL_DIR, SHORT_WINDOW)
+        assert all("already exists" in a.message for a in applied), [a.message for a in applied]
+        queries = client.execute("SHOW QUERIES;")[0]["queries"]
+    assert sorted(q["id"] for q in queries) == [
+        "CSAS_SURVEY_RESPONDENTS_0", "CSAS_SURVEY_RESPONSES_1", "CTAS_SURVEY_RESULTS_FINAL_3", "CTAS_SURVEY_RESULTS_LIVE_2",
+    ]
+
+
+def test_rest_answers_as_ksqldb(running):
+    stack, cluster, engine = running
+    with engine.client() as client:
+        streams = client.execute("SHOW STREAMS;")[0]
+        assert streams["@type"] == "streams"
+        assert {s["name"] for s in streams["streams"]} >= {"SURVEY_ENTRIES", "SURVEY_RESPONDENTS", "SURVEY_RESPONSES"}
+        tables = client.execute("SHOW TABLES;")[0]
+        assert {t["name"] for t in tables["tables"]} >= {"SURVEY_QUESTIONS", "SURVEY_RESULTS_LIVE", "SURVEY_RESULTS_FINAL"}
+        description = client.execute("DESCRIBE survey_results_live;")[0]
+        assert description["@type"] == "sourceDescription"
+        assert description["sourceDescription"]["topic"] == "survey-results-live"
+        assert [f["name"] for f in description["sourceDescription"]["fields"]] == ["SURVEY_ID", "QUESTION", "RESULTS"]
+        with pytest.raises(KsqlServerError) as error:
+            client.execute("CREATE STREAM broken WITH (kafka_topic='survey-entries', value_format='AVRO') AS SELEKT * FROM survey_entries;")
+        assert error.value.error_code == 40001
+        assert "line 1" in error.value.message.lower()
+        with pytest.raises(KsqlServerError) as missing:
+            client.execute("CREATE STREAM nowhere (id STRING KEY, v INT) WITH (kafka_topic='no-such-topic', value_format='JSON');")
+        assert "PARTITIONS" in missing.value.message
+
+    answer = httpx.post(engine.url + "/ksql", json={"ksql": "SHOW STREAMS; DESCRIBE no_such_thing;"})
+    assert answer.status_code == 400
+    body = answer.json()
+    assert body["@type"] == "statement_error" and body["error_code"] == 40001
+    assert "no_such_thing" in body["statementText"].lower()
+    assert body["entities"][0]["@type"] == "streams"  # what ran before the failing statement
+    assert httpx.post(engine.url + "/ksql", content=b"{not json").status_code == 400
+    assert "ksql" in httpx.post(engine.url + "/ksql", json={}).json()["message"]
+    info = httpx.get(engine.url + "/info").json()
+    assert info["KsqlServerInfo"]["serverStatus"] == "RUNNING"
+    assert httpx.get(engine.url + "/healthcheck").json()["isHealthy"] is True
+
+
+def test_the_engine_survives_a_hung_broker(running):
+    stack, cluster, engine = running
+    survey = Survey(cluster)
+    stack.pause_service("broker")
+    try:
+        deadline = time.monotonic() + 8  # a hung broker for a while: the engine must not give up
+        while time.monotonic() < deadline:
+            assert engine.proc.poll() is None
+            time.sleep(0.2)
+    finally:
+        stack.resume_service("broker")
+    survey.entry("2", 200, "Coffee", 7_000)
+    survey.flush()
+    wait_for(lambda: any(v["user_id"] == "user-200" for _, v in decoded(cluster, "survey-respondents")), 90, "the entry after the outage")
+    assert engine.proc.poll() is None
+
+
+# ---------------------------------------------------------------- exactly once under SIGKILL
+
+
+def reference_outputs(cluster, entries, questions):
+    """What an uninterrupted run writes: the same statements and records through the engine core."""
+    engine = Engine(schemas=RegistrySchemaStore(SchemaRegistryClient(cluster.registry_config())))
+    for script in read_pipeline(KSQL_DIR, SHORT_WINDOW):
+        engine.execute(script.text)
+    driver = Driver(engine)
+    for key, value, timestamp in questions:
+        driver.pipe("survey-questions", key, value, timestamp)
+    for key, value, timestamp in entries:
+        driver.pipe("survey-entries", key, value, timestamp)
+    return driver.outputs
+
+
+def test_sigkill_at_random_moments_changes_nothing(tmp_path):
+    rng = random.Random(7)
+    with EmbeddedStack(data_dir=tmp_path / "stack", services=("broker", "registry")) as stack:
+        cluster = from_stack(stack)
+        create_topics(cluster)
+        register_value_schemas(cluster)
+        # long transactions: a kill then mostly lands in one, with outputs and state changes to throw away
+        engine = EngineProcess(stack, tmp_path / "engine", commit_interval_ms=700).start()
+        with engine.client() as client:
+            apply_pipeline(client, KSQL_DIR, SHORT_WINDOW)
+        survey = Survey(cluster)
+        # the questions first, and joined (an entry fetched before its question joins none; LATEST_BY_OFFSET
+        # skips that null), so the results do not depend on which topic the engine fetched first
+        for survey_id in QUESTIONS:
+            survey.question(survey_id)
+
+        def joined():
+            for survey_id in QUESTIONS:
+                survey.entry(survey_id, 0, OPTIONS[survey_id][0], 1)  # timestamp 0 would mean "now"
+            survey.flush()
+            time.sleep(0.5)
+            live = latest_per_key(decoded(cluster, "survey-results-live"))
+            return len(live) == 2 and all(v["QUESTION"] for v in live.values())
+
+        wait_for(joined, what="the questions to be joined")
+
+        def produce_entries(total=4_000):  # a steady flow for ~20 s, so kills land in the middle of transactions
+            rng = random.Random(11)
+            producer = Survey(cluster)
+            for user in range(1, total + 1):
+                survey_id = rng.choice("12")
+                # about 20 one-minute windows; timestamps mostly increase, some arrive late
+                timestamp = max(1, user * 300 + rng.choice([0, 0, 0, -5_000, -70_000]))
+                producer.entry(survey_id, user, rng.choice(OPTIONS[survey_id]), timestamp)
+                if user % 50 == 0:
+                    producer.flush()
+                    time.sleep(0.25)
+            producer.flush()
+
+        flow = threading.Thread(target=produce_entries)
+        flow.start()
+        kills = 0
+        try:
+            while flow.is_alive():
+                time.sleep(rng.uniform(0.2, 2.0))
+                engine.kill()
+                kills += 1
+                engine.start()
+            flow.join()
+            assert kills >= 3
+            entries = committed(cluster, "survey-entries")
+            wait_for(lambda: len(committed(cluster, "survey-respondents")) >= len(entries), 180, "every entry to be processed")
+            time.sleep(1.0)  # a duplicate, if there were any, would have been committed by now
+            assert engine.info()["recoveries"] == 1
+        finally:
+            engine.stop()
+
+        questions = committed(cluster, "survey-questions")
+        expected = reference_outputs(cluster, entries, questions)
+        for topic in ("survey-respondents", "survey-responses", "survey-results-final"):
+            got = committed(cluster, topic)
+            want = [(o.key, o.value, o.timestamp) for o in expected[topic]]
+            assert len(got) == len(want), f"{topic}: {len(got)} records, an uninterrupted run writes {len(want)}"
+            assert got == want, topic
+        assert len(committed(cluster, "survey-results-final")) > 10
+        # the live table may coalesce updates (record cache) but ends with the same row per key
+        live = latest_per_key((k, v) for k, v, _ in committed(cluster, "survey-results-live"))
+        want_live = latest_per_key((o.key, o.value) for o in expected["survey-results-live"])
+        assert live == want_live
