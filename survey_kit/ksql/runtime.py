@@ -443,20 +443,26 @@ class EngineRuntime:
 
     # ------------------------------------------------------------ command topic
 
-    def _record(self, command: Command, backup: bool = True) -> None:
+    def _record(self, command: Command, remember: bool = True) -> None:
         """Append a command to the command topic (and the local copy) before confirming it."""
         if self._command_producer is None:
             self._command_producer = Producer(self.cluster.producer_config(**{"acks": "all", **self._quiet}))
         failures: list[KafkaError] = []
-        self._command_producer.produce(
-            self.command_topic, command.encode(), on_delivery=lambda err, msg: err and failures.append(err)
-        )
+
+        def delivered(error, message) -> None:
+            if error is not None:
+                failures.append(error)
+
+        self._command_producer.produce(self.command_topic, command.encode(), on_delivery=delivered)
         remaining = self._command_producer.flush(30)
         if remaining or failures:
             reason = failures[0].str() if failures else "timed out"
+            self._command_producer = None  # a producer that failed may be stuck (e.g. a broker that lost its state)
             raise RuntimeUnavailable(f"the statement ran but could not be recorded in {self.command_topic} ({reason}); it will not survive a restart")
+        if not remember:
+            return
         self._commands.append(command)
-        if backup and self.data_dir is not None:
+        if self.data_dir is not None:
             self.data_dir.mkdir(parents=True, exist_ok=True)
             with open(self._backup_path(), "ab") as backup:
                 backup.write(command.encode() + b"\n")
@@ -496,6 +502,7 @@ class EngineRuntime:
 
     def _rebuild(self) -> None:
         self._close_clients()
+        self._command_producer = None  # its idempotence state belongs to the broker it talked to
         self._ensure_topic(self.command_topic, {"cleanup.policy": "delete", "retention.ms": "-1"})
         self._ensure_topic(self.changelog_topic, {"cleanup.policy": "compact"})
         producer = Producer(self.cluster.producer_config(**{
@@ -513,7 +520,7 @@ class EngineRuntime:
         if not commands and self._commands:
             # the broker lost its topics (the embedded one keeps them in memory): record the commands again
             log.warning("the command topic %s is empty: re-recording the %d statements this engine ran", self.command_topic, len(self._commands))
-            commands, self._commands = self._commands, []
+            commands = list(self._commands)
             replay_and_record = True
         else:
             replay_and_record = False
@@ -528,7 +535,8 @@ class EngineRuntime:
                 log.error("cannot re-run a recorded statement, skipping it: %s", exc)
         if replay_and_record:
             for command in applied:
-                self._record(command, backup=False)
+                self._record(command, remember=False)
+            self._commands = applied
         else:
             self._commands = applied
             self._write_backup()
