@@ -5,6 +5,8 @@
     survey-kit survey create | list | disable   surveys on survey-questions
     survey-kit engine                           the ksql engine (ksqlDB REST API) in the foreground
     survey-kit ksql apply | check | test        the ksql pipeline
+    survey-kit bot | simulate | generate        the Telegram survey bot, simulated respondents, test entries
+    survey-kit report --notebook NAME -p K V    run a notebook headless with papermill (under reports/)
 
 ``--config PATH`` (or $SURVEY_KIT_CONFIG, or ./survey-kit.yaml) points every command at real
 infrastructure instead of the embedded stack.
@@ -97,7 +99,29 @@ def build_parser() -> argparse.ArgumentParser:
     apply.add_argument("--define", action="append", default=[], metavar="NAME=VALUE", help="override a DEFINE'd variable")
     apply.set_defaults(func=_ksql_apply)
     add_subcommands(ksql_commands)
+
+    from .bot.cli import add_subcommands as add_bot_subcommands
+
+    add_bot_subcommands(commands)
+
+    report = commands.add_parser("report", help="run a notebook headless with papermill; results under reports/")
+    report.add_argument("--notebook", required=True, metavar="NAME", help="e.g. report, 04_report or 04_report.ipynb")
+    report.add_argument("-p", "--parameter", nargs=2, action="append", default=[], metavar=("KEY", "VALUE"),
+                        help="a notebook parameter (values read as YAML: 300, true, '48 HOURS')")
+    report.add_argument("--output", default="reports", metavar="DIR", help="where run folders go (default reports/)")
+    report.set_defaults(run=_report)
     return parser
+
+
+def _report(args) -> int:
+    import yaml
+
+    from .reports import run_notebook
+
+    parameters = {key: yaml.safe_load(value) for key, value in args.parameter}
+    run_dir = run_notebook(args.notebook, parameters, args.output, progress=True)
+    print(f"executed notebook and its files: {run_dir}")
+    return 0
 
 
 def _up(args) -> int:

@@ -120,3 +120,17 @@ def connect(settings: Settings | None = None) -> Cluster:
             "(or `make up`), or set kafka.bootstrap.servers in survey-kit.yaml"
         )
     return from_stack(stack, settings)
+
+
+def connect_or_start(settings: Settings | None = None) -> tuple[Cluster, EmbeddedStack | None]:
+    """The configured cluster or the running stack; failing both, a new embedded stack of its own.
+
+    Returns the cluster and the stack it started (None if it started nothing): stop that stack when
+    done. Notebooks use it so they run against whatever is there, and still run when nothing is.
+    """
+    settings = settings or load_settings()
+    try:
+        return connect(settings), None
+    except StackError:
+        stack = EmbeddedStack().start()
+        return from_stack(stack, settings), stack

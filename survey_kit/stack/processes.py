@@ -47,6 +47,8 @@ def free_port() -> int:
 def ensure_port_free(port: int, service: str, option: str | None = None) -> None:
     """Raise a StackError naming ``service`` when ``port`` on 127.0.0.1 is taken."""
     with socket.socket() as sock:
+        # As servers bind: connections of a just-stopped service in TIME_WAIT do not count as "in use".
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
             sock.bind(("127.0.0.1", port))
         except OSError as exc:
