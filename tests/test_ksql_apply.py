@@ -1,0 +1,105 @@
+"""`survey-kit ksql apply` and `survey-kit engine`, as a user runs them, against an engine process.
+
+The statement files name the default topics, so this module runs a stack of its own.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from survey_kit.cluster import from_stack
+from survey_kit.ksql.apply import register_value_schemas
+from survey_kit.stack import EmbeddedStack
+from survey_kit.stack.processes import free_port
+from survey_kit.topics import create_topics
+
+from .test_ksql_runtime import KSQL_DIR, EngineProcess
+
+CLI = [sys.executable, "-m", "survey_kit.cli"]
+
+pytestmark = pytest.mark.timeout(300)
+
+
+@pytest.fixture(scope="module")
+def deployment(tmp_path_factory):
+    """A stack, topics but no schemas yet, and an engine: what `ksql apply` meets on a fresh cluster."""
+    data = tmp_path_factory.mktemp("apply")
+    with EmbeddedStack(data_dir=data / "stack", services=("broker", "registry")) as stack:
+        cluster = from_stack(stack)
+        create_topics(cluster)
+        engine = EngineProcess(stack, data / "engine").start()
+        try:
+            yield stack, cluster, engine, data
+        finally:
+            engine.stop()
+
+
+def run_cli(deployment, *args, ksqldb_url=None):
+    stack, cluster, engine, data = deployment
+    config = data / "survey-kit.yaml"
+    config.write_text(
+        "kafka:\n"
+        f"  bootstrap.servers: {stack.bootstrap_servers}\n"
+        "schema_registry:\n"
+        f"  url: {stack.schema_registry_url}\n"
+        "ksqldb:\n"
+        f"  url: {ksqldb_url or engine.url}\n"
+    )
+    env = {k: v for k, v in os.environ.items() if not k.startswith("SURVEY_KIT_")}
+    env["SURVEY_KIT_HOME"] = str(data)
+    return subprocess.run(CLI + ["--config", str(config), *args], env=env, capture_output=True, text=True, timeout=120,
+                          cwd=Path(KSQL_DIR).parent)
+
+
+def test_apply_before_the_schemas_exist_says_what_to_do(deployment):
+    result = run_cli(deployment, "ksql", "apply")
+    assert result.returncode == 1
+    assert "01_survey_entries.sql" in result.stderr
+    assert "Register the topic's value schema first" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_apply_twice_is_harmless(deployment):
+    stack, cluster, engine, data = deployment
+    register_value_schemas(cluster)
+    first = run_cli(deployment, "ksql", "apply", "--define", "results_window_size=5 MINUTES")
+    assert first.returncode == 0, first.stderr
+    assert "03_survey_respondents.sql: Created query with ID CSAS_SURVEY_RESPONDENTS_0" in first.stdout
+    assert "06_survey_results_final.sql: Created query with ID CTAS_SURVEY_RESULTS_FINAL_3" in first.stdout
+
+    second = run_cli(deployment, "ksql", "apply", "--define", "results_window_size=5 MINUTES")
+    assert second.returncode == 0, second.stderr
+    assert second.stdout.count("already exists") == 6, second.stdout
+    with engine.client() as client:
+        assert len(client.execute("SHOW QUERIES;")[0]["queries"]) == 4
+        description = client.execute("DESCRIBE survey_results_final;")[0]["sourceDescription"]
+    assert description["windowType"] == "TUMBLING"
+    assert "5 MINUTES" in description["statement"]  # the override, not the file's 48 HOURS
+
+
+@pytest.mark.parametrize(("define", "message"), [
+    ("no_such_variable=1", "No statement file defines the variable(s) no_such_variable"),
+    ("results_window_size", "--define expects NAME=VALUE"),
+])
+def test_bad_defines_are_refused_with_a_message(deployment, define, message):
+    result = run_cli(deployment, "ksql", "apply", "--define", define)
+    assert result.returncode == 1
+    assert message in result.stderr and "Traceback" not in result.stderr
+
+
+def test_apply_without_a_server_says_so(deployment):
+    result = run_cli(deployment, "ksql", "apply", ksqldb_url=f"http://127.0.0.1:{free_port()}")
+    assert result.returncode == 1
+    assert "cannot reach ksqlDB" in result.stderr and "Traceback" not in result.stderr
+
+
+def test_engine_on_a_port_in_use_exits_2(deployment):
+    stack, cluster, engine, data = deployment
+    result = run_cli(deployment, "engine", "--port", str(engine.port), "--data-dir", str(data / "second"))
+    assert result.returncode == 2
+    assert f"port {engine.port}" in result.stderr and "in use" in result.stderr
