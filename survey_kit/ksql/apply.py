@@ -73,8 +73,12 @@ def register_value_schemas(cluster: Cluster) -> list[str]:
     return subjects
 
 
-def apply_pipeline(client: KsqlRestClient, directory: str | Path = "ksql", overrides: dict[str, str] | None = None) -> list[AppliedStatement]:
+def apply_pipeline(client: KsqlRestClient, directory: str | Path = "ksql", overrides: dict[str, str] | None = None,
+                   properties: dict[str, str] | None = None) -> list[AppliedStatement]:
     """Run the statement files of `directory` on the server, in order; returns what each statement did.
+
+    `properties` are sent as the request's streamsProperties (as the ksqlDB CLI's SET does), e.g.
+    {"survey_kit.emit.final.wall.clock": "true"} for the embedded engine's demo.
 
     Raises ApplyError naming the file of the statement the server refused
     (the statements before it stay applied), KsqlError for unreadable files
@@ -87,7 +91,7 @@ def apply_pipeline(client: KsqlRestClient, directory: str | Path = "ksql", overr
             if piece.text.split(None, 1)[0].upper() not in _SILENT:
                 expected.append((script.path, piece.text))
     try:
-        entities = client.execute("\n".join(script.text for script in scripts))
+        entities = client.execute("\n".join(script.text for script in scripts), properties=properties)
     except KsqlServerError as exc:
         path = next((p for p, text in expected if _same(text, exc.statement)), None)
         where = f"{path.name}: " if path else ""
