@@ -200,7 +200,7 @@ class EngineRuntime:
         now = time.monotonic()
         if self._resync_wanted or now - self._last_resync > 2.0:
             self._sync_assignment()
-        messages = self._consumer.consume(self.batch_size, 0.05) if self._assigned else []
+        messages = self._fetch() if self._assigned else []
         if not self._assigned:
             self._stop.wait(0.05)
         with self._lock:
@@ -214,6 +214,19 @@ class EngineRuntime:
                 self._commit()
 
     # ------------------------------------------------------------ records
+
+    def _fetch(self) -> list:
+        """What the consumer holds, up to a batch, without waiting; else wait briefly for the next record.
+
+        (consume() with a timeout waits for a full batch: fine for throughput, bad for latency.)
+        """
+        messages = self._consumer.consume(self.batch_size, 0)
+        if messages:
+            return messages
+        first = self._consumer.poll(0.02)
+        if first is None:
+            return []
+        return [first, *self._consumer.consume(self.batch_size - 1, 0)]
 
     def _process(self, messages) -> None:
         engine = self.engine

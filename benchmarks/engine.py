@@ -1,0 +1,269 @@
+"""How fast the ksql engine runs the talk's pipeline (ksql/) on the embedded broker, against a ceiling.
+
+    .venv/bin/python benchmarks/engine.py [--entries 1000000] [--latency-seconds 10]
+
+Starts an embedded stack (broker + registry), produces N survey entries on survey-entries (Avro
+through the registry, keys = survey ids) and one question per survey, then, in this one process:
+
+1. ceiling: the same topic consumed in batches and Avro-decoded (fastavro, writer schema cached by
+   schema id) with no processing, to its end;
+2. engine: `EngineRuntime` applies ksql/ and runs its four queries (respondents, responses, live and
+   final histograms) over the entries, exactly once (transactions, checkpoints every 20 ms); entries/s
+   is measured from the first record processed to the last one committed;
+3. latency: with the engine caught up, entries of new surveys at 1,000 entries/s; for each, the time
+   from producing it to its live-histogram record being readable (read_committed), p50 and p99;
+4. memory: the process's resident size sampled as the engine works through the entries (it should
+   stay flat: the state grows with distinct survey ids, not with entries), and its peak.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import random
+import resource
+import statistics
+import sys
+import threading
+import time
+from pathlib import Path
+
+import fastavro
+from confluent_kafka import OFFSET_BEGINNING, OFFSET_END, Consumer, KafkaError, Producer, TopicPartition
+from confluent_kafka.schema_registry.avro import AvroSerializer
+from confluent_kafka.serialization import MessageField, SerializationContext
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from survey_kit.cluster import from_stack  # noqa: E402
+from survey_kit.ksql.apply import register_value_schemas  # noqa: E402
+from survey_kit.ksql.pipeline import read_pipeline  # noqa: E402
+from survey_kit.ksql.runtime import EngineRuntime  # noqa: E402
+from survey_kit.schemas import load_schema  # noqa: E402
+from survey_kit.stack import EmbeddedStack  # noqa: E402
+from survey_kit.topics import create_topics  # noqa: E402
+
+KSQL_DIR = Path(__file__).resolve().parent.parent / "ksql"
+OPTIONS = ["Pumpkin Pie", "Pecan Pie", "Apple Pie", "Thanksgiving Leftover Pot Pie", "Other"]
+SURVEYS = 20
+
+
+def rss_mb() -> float:
+    with open("/proc/self/statm") as statm:
+        return int(statm.read().split()[1]) * resource.getpagesize() / 2**20
+
+
+def produce_entries(cluster, count: int, start_ms: int) -> None:
+    """N entries: a pool of distinct serialized values produced as raw bytes, timestamps 1 ms apart."""
+    topic = cluster.topics.entries
+    serializer = AvroSerializer(cluster.registry(), load_schema("survey-entries"))
+    context = SerializationContext(topic, MessageField.VALUE)
+    rng = random.Random(7)
+    pool = []
+    for user in range(5_000):
+        survey_id = str(user % SURVEYS)
+        entry = {"survey_id": survey_id, "user_id": str(user), "name": f"Respondent {user}",
+                 "company": rng.choice([None, "Acme", "Initech"]), "location": rng.choice([None, "Lisbon", "Austin"]),
+                 "response": rng.choice(OPTIONS)}
+        pool.append((survey_id.encode(), serializer(entry, context)))
+    producer = Producer(cluster.producer_config(**{"linger.ms": 50, "batch.num.messages": 10_000,
+                                                   "queue.buffering.max.messages": 500_000}))
+    for i in range(count):
+        key, value = pool[i % len(pool)]
+        while True:
+            try:
+                producer.produce(topic, value=value, key=key, timestamp=start_ms + i)
+                break
+            except BufferError:
+                producer.poll(0.05)
+        if i % 10_000 == 0:
+            producer.poll(0)
+    if producer.flush(120):
+        raise SystemExit("entries were not all delivered")
+
+
+def produce_questions(cluster, start_ms: int) -> None:
+    topic = cluster.topics.questions
+    serializer = AvroSerializer(cluster.registry(), load_schema("survey-questions"))
+    context = SerializationContext(topic, MessageField.VALUE)
+    producer = Producer(cluster.producer_config())
+    for survey in range(SURVEYS):
+        question = {"survey_id": str(survey), "question": f"Question {survey}?", "summary": f"Q{survey}",
+                    "options": OPTIONS, "enabled": True}
+        producer.produce(topic, key=str(survey).encode(), value=serializer(question, context), timestamp=start_ms)
+    producer.flush(30)
+
+
+def ceiling(cluster, count: int) -> float:
+    """Entries/s of consuming and Avro-decoding the topic with no processing."""
+    consumer = Consumer(cluster.consumer_config(**{"enable.partition.eof": True, "fetch.wait.max.ms": 10,
+                                                   "queued.min.messages": 100_000}))
+    consumer.assign([TopicPartition(cluster.topics.entries, 0, OFFSET_BEGINNING)])
+    registry = cluster.registry()
+    readers: dict[bytes, object] = {}
+    decoded = 0
+    started = time.perf_counter()
+    done = False
+    while not done:
+        for message in consumer.consume(10_000, 1.0):
+            if message.error():
+                if message.error().code() == KafkaError._PARTITION_EOF:
+                    done = True
+                    continue
+                raise SystemExit(message.error().str())
+            value = message.value()
+            schema_id = value[1:5]
+            reader = readers.get(schema_id)
+            if reader is None:
+                schema = registry.get_schema(int.from_bytes(schema_id, "big")).schema_str
+                reader = readers[schema_id] = fastavro.parse_schema(json.loads(schema))
+            fastavro.schemaless_reader(_Reader(value), reader, None)
+            decoded += 1
+    elapsed = time.perf_counter() - started
+    consumer.close()
+    assert decoded == count, f"decoded {decoded} of {count}"
+    return count / elapsed
+
+
+class _Reader:
+    """A minimal file-like view of a Confluent Avro value past its 5-byte header (no copy of the header)."""
+
+    __slots__ = ("data", "position")
+
+    def __init__(self, data: bytes):
+        self.data = data
+        self.position = 5
+
+    def read(self, size: int = -1) -> bytes:
+        start = self.position
+        self.position = len(self.data) if size < 0 else start + size
+        return self.data[start:self.position]
+
+
+def run_engine(cluster, count: int, data_dir: Path) -> tuple[EngineRuntime, float, list[float]]:
+    """Start the runtime, apply the pipeline, time it through the entries; RSS samples on the way."""
+    runtime = EngineRuntime(cluster, engine_id="bench", data_dir=data_dir).start()
+    if not runtime.ready.wait(60):
+        raise SystemExit("the engine did not start")
+    # the pipeline in one request, as `survey-kit ksql apply` sends it
+    runtime.execute("\n".join(script.text for script in read_pipeline(KSQL_DIR)))
+    total = count + SURVEYS
+    samples = []
+    while runtime.metrics.records_in == 0:
+        time.sleep(0.001)
+    started = time.perf_counter()
+    next_sample = total / 4
+    while True:
+        done = runtime.metrics.records_in
+        if done >= next_sample:
+            samples.append(rss_mb())
+            next_sample += total / 4
+        if done >= total and runtime.metrics.commits and runtime._uncommitted == 0:
+            break
+        time.sleep(0.01)
+    return runtime, count / (time.perf_counter() - started), samples
+
+
+def latency(cluster, runtime: EngineRuntime, seconds: float, rate: int = 1_000) -> list[float]:
+    """Milliseconds from producing an entry of a new survey to its live-histogram record being readable."""
+    topic_in, topic_out = cluster.topics.entries, cluster.topics.results_live
+    serializer = AvroSerializer(cluster.registry(), load_schema("survey-entries"))
+    context = SerializationContext(topic_in, MessageField.VALUE)
+    consumer = Consumer(cluster.consumer_config(**{"isolation.level": "read_committed", "fetch.wait.max.ms": 1}))
+    consumer.assign([TopicPartition(topic_out, 0, OFFSET_END)])
+    consumer.consume(1, 1.0)  # join the end before anything is produced
+    sent: dict[bytes, float] = {}
+    seen: dict[bytes, float] = {}
+    stop = threading.Event()
+
+    def read() -> None:
+        while not stop.is_set():
+            for message in consumer.consume(1_000, 0.005):
+                if message.error() is None and message.key() in sent and message.key() not in seen:
+                    seen[message.key()] = time.perf_counter()
+
+    reader = threading.Thread(target=read)
+    reader.start()
+    producer = Producer(cluster.producer_config(**{"linger.ms": 0}))
+
+    def entry(survey_id: str, i: int) -> bytes:
+        return serializer({"survey_id": survey_id, "user_id": str(i), "name": "Latency", "company": None,
+                           "location": None, "response": OPTIONS[i % len(OPTIONS)]}, context)
+
+    # warm up: the producer's first send waits for its connection and producer id, the reader's first fetch too
+    warmup = b"latency-warmup"
+    sent[warmup] = time.perf_counter()
+    producer.produce(topic_in, key=warmup, value=entry("latency-warmup", 0))
+    producer.flush(30)
+    deadline = time.monotonic() + 30
+    while warmup not in seen and time.monotonic() < deadline:
+        time.sleep(0.01)
+    del sent[warmup]
+    seen.pop(warmup, None)
+    count = int(seconds * rate)
+    started = time.perf_counter()
+    base_ms = int(time.time() * 1000)
+    for i in range(count):
+        due = started + i / rate
+        while (now := time.perf_counter()) < due:
+            time.sleep(min(due - now, 0.0005))
+        survey_id = f"latency-{i}"
+        value = entry(survey_id, i)
+        sent[survey_id.encode()] = time.perf_counter()
+        producer.produce(topic_in, key=survey_id.encode(), value=value, timestamp=base_ms + i)
+        producer.poll(0)
+    producer.flush(30)
+    deadline = time.monotonic() + 30
+    while len(seen) < count and time.monotonic() < deadline:
+        time.sleep(0.05)
+    stop.set()
+    reader.join()
+    consumer.close()
+    missing = count - len(seen)
+    if missing:
+        print(f"  ({missing} of {count} latency entries never showed up within 30 s)")
+    return [(seen[k] - sent[k]) * 1000 for k in sent if k in seen]  # in the order produced
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--entries", type=int, default=1_000_000, help="entries pushed through the pipeline (default 1,000,000)")
+    parser.add_argument("--latency-seconds", type=float, default=10.0, help="how long to measure latency at 1,000 entries/s (default 10)")
+    args = parser.parse_args(argv)
+
+    with EmbeddedStack(services=("broker", "registry")) as stack:
+        cluster = from_stack(stack)
+        create_topics(cluster)
+        register_value_schemas(cluster)
+        start_ms = int(time.time() * 1000) - args.entries - 60_000
+        print(f"producing {args.entries:,} entries ...", flush=True)
+        produce_questions(cluster, start_ms - 1)
+        produce_entries(cluster, args.entries, start_ms)
+
+        print("ceiling: consume + Avro-decode, no processing ...", flush=True)
+        ceiling_rate = ceiling(cluster, args.entries)
+        print(f"  {ceiling_rate:,.0f} entries/s")
+
+        before = rss_mb()
+        print(f"engine: the ksql/ pipeline, exactly once (resident {before:.0f} MB before) ...", flush=True)
+        runtime, engine_rate, samples = run_engine(cluster, args.entries, stack.data_dir / "engine")
+        print(f"  {engine_rate:,.0f} entries/s = {engine_rate / ceiling_rate:.0%} of the ceiling; "
+              f"{runtime.metrics.records_out:,} records out, {runtime.metrics.commits:,} commits")
+        print("  resident MB at 25/50/75/100% of the entries: " + " / ".join(f"{s:.0f}" for s in samples))
+        stores = sum(len(store) for q in runtime.engine.queries.values() for store in q.stores._stores.values())
+        print(f"  state: {stores:,} store entries ({SURVEYS} surveys)")
+
+        print(f"latency: entry -> live histogram readable, 1,000 entries/s for {args.latency_seconds:.0f} s ...", flush=True)
+        delays = sorted(latency(cluster, runtime, args.latency_seconds))
+        if delays:
+            p50 = statistics.median(delays)
+            p99 = delays[min(len(delays) - 1, int(len(delays) * 0.99))]
+            print(f"  p50 {p50:.1f} ms, p99 {p99:.1f} ms, max {delays[-1]:.1f} ms over {len(delays):,} entries")
+        runtime.stop()
+        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+        print(f"peak resident memory of the process: {peak:.0f} MB")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
