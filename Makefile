@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install test up down status lab
+.PHONY: install test up down status lab demo
 
 install: $(STAMP)
 
@@ -29,3 +29,7 @@ status: install
 
 lab: up
 	$(BIN)/jupyter lab --notebook-dir=notebooks --ip=127.0.0.1
+
+# The whole data path on the embedded stack: bot, 300 simulated respondents, ksql pipeline, comparison, report.
+demo: install
+	$(BIN)/survey-kit demo

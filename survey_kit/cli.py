@@ -7,6 +7,7 @@
     survey-kit ksql apply | check | test        the ksql pipeline
     survey-kit bot | simulate | generate        the Telegram survey bot, simulated respondents, test entries
     survey-kit report --notebook NAME -p K V    run a notebook headless with papermill (under reports/)
+    survey-kit demo                             the whole data path on the embedded stack, ending in a report
 
 ``--config PATH`` (or $SURVEY_KIT_CONFIG, or ./survey-kit.yaml) points every command at real
 infrastructure instead of the embedded stack.
@@ -110,7 +111,20 @@ def build_parser() -> argparse.ArgumentParser:
                         help="a notebook parameter (values read as YAML: 300, true, '48 HOURS')")
     report.add_argument("--output", default="reports", metavar="DIR", help="where run folders go (default reports/)")
     report.set_defaults(run=_report)
+
+    demo = commands.add_parser("demo", help="the whole data path on the embedded stack, ending in an HTML report")
+    demo.add_argument("--respondents", type=int, default=300, metavar="N", help="simulated respondents (default 300)")
+    demo.add_argument("--output", default="reports", metavar="DIR", help="where run folders go (default reports/)")
+    demo.set_defaults(run=_demo)
     return parser
+
+
+def _demo(args) -> int:
+    from .reports import run_demo
+
+    report = run_demo(args.respondents, args.output)
+    print(f"\nThe report: {report.resolve()}")
+    return 0
 
 
 def _report(args) -> int:

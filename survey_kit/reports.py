@@ -61,3 +61,28 @@ def run_notebook(
         kernel_name="python3",
     )
     return run_dir
+
+
+def run_demo(respondents: int = 300, output_root: str | Path = "reports", window_size: str = "30 SECONDS",
+             grace: str = "5 SECONDS") -> Path:
+    """The whole data path on the embedded stack: workshop (bot + simulated respondents), comparison, report.
+
+    Starts the stack unless one runs (and then stops only what it started); returns the report's path.
+    """
+    from . import stack as embedded
+
+    running, started = embedded.up()
+    try:
+        print(f"stack {'started' if started else 'already running'}: Kafka at {running.bootstrap_servers}", flush=True)
+        windows = {"window_size": window_size, "grace": grace}
+        for name, parameters in (
+            ("workshop", {"respondents": respondents, "duration_s": 120, **windows}),
+            ("live_vs_windowed", windows),
+            ("report", windows),
+        ):
+            run_dir = run_notebook(name, parameters, output_root, progress=True)
+            print(f"{name}: {run_dir}", flush=True)
+        return run_dir / "report.html"
+    finally:
+        if started:
+            embedded.down()
