@@ -1,0 +1,145 @@
+"""Every notebook runs headless with papermill against an embedded stack, and produces what it promises.
+
+One stack for the module, started as `survey-kit up` starts it (free ports, a private SURVEY_KIT_HOME),
+so the notebooks find it the way a user's notebooks do. The workshop runs first and fills the topics.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from datetime import UTC, datetime, timedelta
+
+import pytest
+
+from survey_kit import stack as embedded
+from survey_kit.bot.generator import plan_entries, write_entries
+from survey_kit.cluster import connect
+from survey_kit.frames import read_topic
+from survey_kit.reports import run_notebook
+from survey_kit.stack.processes import free_port
+from survey_kit.stack.services import SERVICES
+from survey_kit.surveys import Survey, create_survey
+
+WINDOWS = {"window_size": "10 SECONDS", "grace": "2 SECONDS"}
+
+pytestmark = pytest.mark.timeout(600)
+
+
+@pytest.fixture(scope="module")
+def running_stack(tmp_path_factory):
+    home = tmp_path_factory.mktemp("home")
+    saved = os.environ.get("SURVEY_KIT_HOME")
+    os.environ["SURVEY_KIT_HOME"] = str(home)  # inherited by the notebooks' kernels
+    try:
+        stack, started = embedded.up({name: free_port() for name in SERVICES})
+        assert started
+        yield stack
+    finally:
+        embedded.down()
+        if saved is None:
+            os.environ.pop("SURVEY_KIT_HOME", None)
+        else:
+            os.environ["SURVEY_KIT_HOME"] = saved
+
+
+@pytest.fixture(scope="module")
+def reports(tmp_path_factory):
+    return tmp_path_factory.mktemp("reports")
+
+
+@pytest.fixture(scope="module")
+def workshop(running_stack, reports):
+    run_dir = run_notebook("workshop", {"respondents": 40, "duration_s": 90, **WINDOWS}, reports)
+    return run_dir
+
+
+def comparison_of(run_dir):
+    return json.loads((run_dir / "comparison.json").read_text())
+
+
+def test_workshop_sends_entries_through_the_pipeline(workshop):
+    cluster = connect()
+    entries = read_topic(cluster, cluster.topics.entries, progress=False)
+    assert 0 < len(entries) <= 40  # simulated respondents, minus those who cancelled
+    assert set(entries["survey_id"]) == {"1"}
+    assert len(read_topic(cluster, cluster.topics.respondents, progress=False)) == len(entries)
+    final = read_topic(cluster, cluster.topics.results_final, windowed=True, progress=False)
+    assert len(final) >= 1  # the windows closed by wall-clock time and were emitted
+    assert (workshop / "01_workshop.ipynb").is_file()
+
+
+def test_clean_run_streamed_and_recomputed_agree_exactly(workshop, reports):
+    run_dir = run_notebook("live_vs_windowed", {"survey_id": "1", **WINDOWS}, reports)
+    document = comparison_of(run_dir)
+    summary = document["summary"]
+    assert summary["differ"] == 0 and summary["unexplained"] == 0
+    cluster = connect()
+    entries = len(read_topic(cluster, cluster.topics.entries, progress=False))
+    assert summary["streamed_total"] == summary["recomputed_total"] == entries
+    finals = [row for row in document["rows"] if row["result"] == "final"]
+    assert finals and all(row["streamed"] == row["recomputed"] for row in finals)
+    assert sum(row["streamed"] for row in finals) == entries
+
+
+def test_late_and_out_of_order_entries_are_all_explained(workshop, reports):
+    cluster = connect()
+    survey = Survey("2", "Cake or pie?", "Dessert", ["Cake", "Pie"])
+    create_survey(cluster, survey)
+    # An hour ahead of the workshop's entries: stream time jumps there, and some entries come 30 s late.
+    start = datetime.now(UTC).replace(microsecond=0) + timedelta(hours=1)
+    planned = plan_entries(survey, 60, start=start, interval=timedelta(seconds=1), late=8,
+                           late_by=timedelta(seconds=30), shuffle=3, seed=11)
+    write_entries(cluster, planned)
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:  # the live histogram counts every entry once processed
+        live = read_topic(cluster, cluster.topics.results_live, progress=False)
+        latest = live[live["key"] == "2"].tail(1)
+        if len(latest) and sum(latest["RESULTS"].iloc[0].values()) == 60:
+            break
+        time.sleep(1)
+    run_dir = run_notebook("live_vs_windowed", {"survey_id": "2", **WINDOWS}, reports)
+    document = comparison_of(run_dir)
+    reasons = " | ".join(row["reason"] for row in document["rows"])
+    assert document["summary"]["unexplained"] == 0, reasons
+    assert document["summary"]["differ"] > 0
+    assert "late record dropped" in reasons
+    assert "window not closed yet" in reasons  # the last window waits for stream time to move on
+    live_rows = [row for row in document["rows"] if row["result"] == "live"]
+    assert sum(row["streamed"] for row in live_rows) == 60
+
+
+def test_explore_notebook_runs(workshop, reports):
+    run_dir = run_notebook("explore", {"survey_id": "1"}, reports)
+    assert (run_dir / "02_explore.ipynb").is_file()
+
+
+def test_report_notebook_writes_html_with_static_charts(workshop, reports):
+    run_dir = run_notebook("report", {"survey_id": "1", **WINDOWS}, reports)
+    page = (run_dir / "report.html").read_text()
+    summary = json.loads((run_dir / "report.json").read_text())
+    assert "Which Thanksgiving Pie is your favorite?" in page
+    assert summary["final_windows"] >= 1 and summary["comparison"].keys() == {"agree"}
+    for name in summary["charts"].values():
+        assert (run_dir / name).read_text().startswith("<svg")
+        assert f"src='{name}'" in page
+
+
+def test_notebook_fails_early_with_a_clear_message(workshop, reports):
+    import papermill
+
+    with pytest.raises(papermill.PapermillExecutionError, match="survey '9' is not defined"):
+        run_notebook("live_vs_windowed", {"survey_id": "9", **WINDOWS}, reports)
+
+
+def test_notebooks_are_committed_without_outputs():
+    import nbformat
+
+    from survey_kit.reports import NOTEBOOKS
+
+    for path in sorted(NOTEBOOKS.glob("*.ipynb")):
+        notebook = nbformat.read(path, as_version=4)
+        assert any("parameters" in cell.metadata.get("tags", []) for cell in notebook.cells), path.name
+        for cell in notebook.cells:
+            assert not cell.get("outputs") and not cell.get("execution_count"), path.name
