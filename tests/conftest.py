@@ -40,3 +40,21 @@ def cluster(stack):
     connected = from_stack(stack, unique_settings())
     create_topics(connected)
     return connected
+
+
+@pytest.fixture
+def fake():
+    """A fake Telegram Bot API server of the test's own, on a free port."""
+    from survey_kit.faketelegram import FakeTelegramServer
+
+    with FakeTelegramServer() as server:
+        yield server
+
+
+@pytest.fixture
+def tg(fake):
+    """A client acting as Telegram users on the test's fake Telegram."""
+    from survey_kit.faketelegram import FakeTelegramClient
+
+    with FakeTelegramClient(fake.api_url, timeout=30) as client:
+        yield client

@@ -8,7 +8,6 @@ import time
 from dataclasses import replace
 from datetime import UTC, datetime
 
-import pytest
 from confluent_kafka import Producer
 from confluent_kafka.schema_registry.avro import AvroSerializer
 from confluent_kafka.serialization import MessageField, SerializationContext
@@ -16,7 +15,6 @@ from confluent_kafka.serialization import MessageField, SerializationContext
 from survey_kit.bot import texts
 from survey_kit.bot.alerts import AlertLog
 from survey_kit.bot.runner import STATE_DB, BotRunner
-from survey_kit.faketelegram import FakeTelegramClient, FakeTelegramServer
 from survey_kit.surveys import Survey, create_survey
 
 PIE = Survey("1", "Which Thanksgiving Pie is your favorite?", "Thanksgiving Pie", ["Apple Pie", "Pecan Pie"])
@@ -30,18 +28,6 @@ FINAL_SCHEMA = """{"type": "record", "name": "KsqlDataSourceSchema", "namespace"
 
 DAY1 = datetime(2026, 11, 23, tzinfo=UTC)
 DAY3 = datetime(2026, 11, 25, tzinfo=UTC)
-
-
-@pytest.fixture
-def fake():
-    with FakeTelegramServer() as server:
-        yield server
-
-
-@pytest.fixture
-def tg(fake):
-    with FakeTelegramClient(fake.api_url, timeout=30) as client:
-        yield client
 
 
 def wait_for(condition, timeout=30.0):

@@ -14,7 +14,7 @@ from survey_kit.bot.ledger import EntryLedger
 from survey_kit.bot.results import ResultsBoard
 from survey_kit.bot.services import BotServices
 from survey_kit.bot.subscribers import Subscribers
-from survey_kit.faketelegram import FakeTelegramClient, FakeTelegramServer, NoReply
+from survey_kit.faketelegram import NoReply
 from survey_kit.surveys import Survey, SurveyError
 
 PIE = Survey("1", "Which Thanksgiving Pie is your favorite?", "Thanksgiving Pie",
@@ -66,18 +66,6 @@ class Bot:
             admin_chat_ids=frozenset({ADMIN}),
             max_field_length=20,
         )
-
-
-@pytest.fixture
-def fake():
-    with FakeTelegramServer() as server:
-        yield server
-
-
-@pytest.fixture
-def tg(fake):
-    with FakeTelegramClient(fake.api_url, timeout=15) as client:
-        yield client
 
 
 @pytest.fixture

@@ -15,7 +15,6 @@ from survey_kit.bot import texts
 from survey_kit.bot.delivery import ENTRY_ID_HEADER
 from survey_kit.bot.runner import BotRunner
 from survey_kit.consume import read_messages, read_values
-from survey_kit.faketelegram import FakeTelegramClient, FakeTelegramServer
 from survey_kit.surveys import Survey, create_survey, disable_survey, list_surveys
 
 PIE = Survey("1", "Which Thanksgiving Pie is your favorite?", "Thanksgiving Pie",
@@ -26,18 +25,6 @@ ADMIN = 900
 LIVE_SCHEMA = """{"type": "record", "name": "KsqlDataSourceSchema", "namespace": "io.confluent.ksql.avro_schemas",
  "fields": [{"name": "QUESTION", "type": ["null", "string"], "default": null},
             {"name": "RESULTS", "type": ["null", {"type": "map", "values": ["null", "int"]}], "default": null}]}"""
-
-
-@pytest.fixture
-def fake():
-    with FakeTelegramServer() as server:
-        yield server
-
-
-@pytest.fixture
-def tg(fake):
-    with FakeTelegramClient(fake.api_url, timeout=20) as client:
-        yield client
 
 
 @pytest.fixture

@@ -18,18 +18,6 @@ from survey_kit.faketelegram import FakeTelegramClient, FakeTelegramServer, NoRe
 TOKEN = "123456:TEST-TOKEN"
 
 
-@pytest.fixture
-def fake():
-    with FakeTelegramServer() as server:
-        yield server
-
-
-@pytest.fixture
-def tg(fake):
-    with FakeTelegramClient(fake.api_url, timeout=10) as client:
-        yield client
-
-
 def run(coro):
     return asyncio.run(coro)
 
