@@ -47,7 +47,7 @@ from statistics import NormalDist
 import numpy as np
 import pandas as pd
 
-from .frames import DurationLike, _duration_ms
+from .frames import DurationLike, duration_ms
 
 __all__ = [
     "survey_definitions", "mark_records", "window_status", "windowed_histogram", "live_histogram",
@@ -103,8 +103,8 @@ def mark_records(
     do (an entry of a survey without a definition is still counted), ``"inner"`` as the talk's slides do
     (such an entry is dropped, ``dropped-unknown-survey``, and does not advance stream time).
     """
-    size_ms = _duration_ms(size, "size")
-    grace_ms = _duration_ms(grace, "grace", allow_zero=True)
+    size_ms = duration_ms(size, "size")
+    grace_ms = duration_ms(grace, "grace", allow_zero=True)
     marked = _mark_entries(entries, questions, join)
     timestamps = marked["timestamp_ms"].to_numpy(dtype="int64")
     starts = timestamps - np.mod(timestamps, size_ms)
@@ -359,7 +359,7 @@ def compare(
 
 
 def _compare_final(entries, questions, definitions, final, size, grace, results_column, join) -> pd.DataFrame:
-    size_ms = _duration_ms(size, "size")
+    size_ms = duration_ms(size, "size")
     marked = mark_records(entries, size=size, grace=grace, questions=questions, join=join)
     streamed = streamed_histogram(final, results_column)
     streamed["window_start_ms"] = _epoch_ms_of(streamed["window_start"]) if len(streamed) else pd.Series(dtype="int64")

@@ -48,7 +48,7 @@ from tqdm.auto import tqdm
 from .cluster import Cluster
 from .consume import partitions_of, read_messages
 
-__all__ = ["read_topic", "errors_frame", "tail", "TopicTail", "MalformedRecord", "ENTRY_ID_HEADER"]
+__all__ = ["read_topic", "errors_frame", "tail", "TopicTail", "MalformedRecord", "ENTRY_ID_HEADER", "duration_ms"]
 
 ENTRY_ID_HEADER = "entry_id"
 METADATA_COLUMNS = ("key", "window_start", "window_end", "timestamp", "timestamp_ms", "partition", "offset",
@@ -277,7 +277,7 @@ class _RowBuilder:
         self.topic = topic
         self.registry = cluster.registry()
         self.windowed = windowed
-        self.window_ms = _duration_ms(window_size, "window_size") if window_size is not None else None
+        self.window_ms = duration_ms(window_size, "window_size") if window_size is not None else None
         if self.window_ms is not None and not windowed:
             raise ValueError("window_size only applies to windowed keys: pass windowed=True as well")
         self.raise_errors = raise_errors
@@ -458,7 +458,7 @@ def _epoch_ms(value: TimeLike, what: str) -> int:
     return int(stamp.timestamp() * 1000)
 
 
-def _duration_ms(value: DurationLike, what: str, allow_zero: bool = False) -> int:
+def duration_ms(value: DurationLike, what: str, allow_zero: bool = False) -> int:
     """Milliseconds of a timedelta, a pandas duration string ("48h", "10min") or a number of ms."""
     if isinstance(value, (int, np.integer)) and not isinstance(value, bool):
         milliseconds = int(value)

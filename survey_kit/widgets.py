@@ -21,7 +21,7 @@ from IPython.display import display
 
 from . import analysis
 from .cluster import Cluster
-from .frames import DurationLike, _duration_ms, read_topic, tail
+from .frames import DurationLike, duration_ms, read_topic, tail
 
 ALL_TIME = "all time"
 _RENDER_INTERVAL_S = 0.5  # redraw at most twice a second however fast entries arrive
@@ -63,7 +63,7 @@ class LiveSurveyView:
         one_per_respondent: bool = False,
     ):
         self.cluster = cluster
-        self.window_ms = _duration_ms(window_size, "window_size") if window_size is not None else None
+        self.window_ms = duration_ms(window_size, "window_size") if window_size is not None else None
         self.one_per_respondent = one_per_respondent
         self._lock = threading.Lock()
         self._batches: list[pd.DataFrame] = []
