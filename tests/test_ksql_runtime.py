@@ -75,7 +75,11 @@ class EngineProcess:
                  "--commit-interval-ms", str(self.commit_interval_ms)],
                 stdout=log, stderr=subprocess.STDOUT,
             )
-        wait_for(self.ready, 60, "the engine to answer GET / with 200")
+        try:
+            wait_for(self.ready, 60, "the engine to answer GET / with 200")
+        except BaseException:
+            self.stop()
+            raise
         return self
 
     def ready(self) -> bool:
@@ -303,6 +307,56 @@ def reference_outputs(cluster, entries, questions):
     return driver.outputs
 
 
+def run_with_kills(cluster, engine: EngineProcess, rng: random.Random) -> list:
+    """Apply the pipeline, feed entries for ~20 s while SIGKILLing the engine at random moments; the entries."""
+    with engine.client() as client:
+        apply_pipeline(client, KSQL_DIR, SHORT_WINDOW)
+    survey = Survey(cluster)
+    # the questions first, and joined (an entry fetched before its question joins none; LATEST_BY_OFFSET
+    # skips that null), so the results do not depend on which topic the engine fetched first
+    for survey_id in QUESTIONS:
+        survey.question(survey_id)
+
+    def joined():
+        for survey_id in QUESTIONS:
+            survey.entry(survey_id, 0, OPTIONS[survey_id][0], 1)  # timestamp 0 would mean "now"
+        survey.flush()
+        time.sleep(0.5)
+        live = latest_per_key(decoded(cluster, "survey-results-live"))
+        return len(live) == 2 and all(v["QUESTION"] for v in live.values())
+
+    wait_for(joined, what="the questions to be joined")
+
+    def produce_entries(total=4_000):  # a steady flow for ~20 s, so kills land in the middle of transactions
+        rng = random.Random(11)
+        producer = Survey(cluster)
+        for user in range(1, total + 1):
+            survey_id = rng.choice("12")
+            # about 20 one-minute windows; timestamps mostly increase, some arrive late
+            timestamp = max(1, user * 300 + rng.choice([0, 0, 0, -5_000, -70_000]))
+            producer.entry(survey_id, user, rng.choice(OPTIONS[survey_id]), timestamp)
+            if user % 50 == 0:
+                producer.flush()
+                time.sleep(0.25)
+        producer.flush()
+
+    flow = threading.Thread(target=produce_entries)
+    flow.start()
+    kills = 0
+    while flow.is_alive():
+        time.sleep(rng.uniform(0.2, 2.0))
+        engine.kill()
+        kills += 1
+        engine.start()
+    flow.join()
+    assert kills >= 3
+    entries = committed(cluster, "survey-entries")
+    wait_for(lambda: len(committed(cluster, "survey-respondents")) >= len(entries), 180, "every entry to be processed")
+    time.sleep(1.0)  # a duplicate, if there were any, would have been committed by now
+    assert engine.info()["recoveries"] == 1
+    return entries
+
+
 def test_sigkill_at_random_moments_changes_nothing(tmp_path):
     rng = random.Random(7)
     with EmbeddedStack(data_dir=tmp_path / "stack", services=("broker", "registry")) as stack:
@@ -311,52 +365,8 @@ def test_sigkill_at_random_moments_changes_nothing(tmp_path):
         register_value_schemas(cluster)
         # long transactions: a kill then mostly lands in one, with outputs and state changes to throw away
         engine = EngineProcess(stack, tmp_path / "engine", commit_interval_ms=700).start()
-        with engine.client() as client:
-            apply_pipeline(client, KSQL_DIR, SHORT_WINDOW)
-        survey = Survey(cluster)
-        # the questions first, and joined (an entry fetched before its question joins none; LATEST_BY_OFFSET
-        # skips that null), so the results do not depend on which topic the engine fetched first
-        for survey_id in QUESTIONS:
-            survey.question(survey_id)
-
-        def joined():
-            for survey_id in QUESTIONS:
-                survey.entry(survey_id, 0, OPTIONS[survey_id][0], 1)  # timestamp 0 would mean "now"
-            survey.flush()
-            time.sleep(0.5)
-            live = latest_per_key(decoded(cluster, "survey-results-live"))
-            return len(live) == 2 and all(v["QUESTION"] for v in live.values())
-
-        wait_for(joined, what="the questions to be joined")
-
-        def produce_entries(total=4_000):  # a steady flow for ~20 s, so kills land in the middle of transactions
-            rng = random.Random(11)
-            producer = Survey(cluster)
-            for user in range(1, total + 1):
-                survey_id = rng.choice("12")
-                # about 20 one-minute windows; timestamps mostly increase, some arrive late
-                timestamp = max(1, user * 300 + rng.choice([0, 0, 0, -5_000, -70_000]))
-                producer.entry(survey_id, user, rng.choice(OPTIONS[survey_id]), timestamp)
-                if user % 50 == 0:
-                    producer.flush()
-                    time.sleep(0.25)
-            producer.flush()
-
-        flow = threading.Thread(target=produce_entries)
-        flow.start()
-        kills = 0
         try:
-            while flow.is_alive():
-                time.sleep(rng.uniform(0.2, 2.0))
-                engine.kill()
-                kills += 1
-                engine.start()
-            flow.join()
-            assert kills >= 3
-            entries = committed(cluster, "survey-entries")
-            wait_for(lambda: len(committed(cluster, "survey-respondents")) >= len(entries), 180, "every entry to be processed")
-            time.sleep(1.0)  # a duplicate, if there were any, would have been committed by now
-            assert engine.info()["recoveries"] == 1
+            entries = run_with_kills(cluster, engine, rng)
         finally:
             engine.stop()
 

@@ -153,6 +153,7 @@ class EngineRuntime:
         self._last_commit = time.monotonic()
         self._last_punctuate = time.monotonic()
         self._last_resync = 0.0
+        self._last_group_offsets = 0.0
         self._resync_wanted = True
         self._needs_recovery = True
         self._outage: str | None = None
@@ -223,7 +224,9 @@ class EngineRuntime:
         messages = self._consumer.consume(self.batch_size, 0)
         if messages:
             return messages
-        first = self._consumer.poll(0.02)
+        # wait no longer than the next commit is due: a waiting update is readable only after it
+        wait = self.commit_interval - (time.monotonic() - self._last_commit) if self._in_transaction else 0.02
+        first = self._consumer.poll(min(0.02, max(0.0, wait)))
         if first is None:
             return []
         return [first, *self._consumer.consume(self.batch_size - 1, 0)]
@@ -253,7 +256,7 @@ class EngineRuntime:
             self._begin()  # offsets advanced: they are committed in a transaction even without outputs
             self._uncommitted += processed
             self.metrics.records_in += processed
-        if self._outage is not None:
+        if processed and self._outage is not None:
             self._recovered()
 
     def _emit(self, outputs: list[OutputRecord]) -> None:
@@ -335,8 +338,10 @@ class EngineRuntime:
             }
             self._producer.produce(self.changelog_topic, json.dumps(checkpoint, separators=(",", ":")).encode(), CHECKPOINT_KEY)
             offsets = [TopicPartition(t, p, o) for (t, p), o in self._positions.items() if o >= 0]
-            if offsets:  # also in the consumer group, where lag monitors look
+            if offsets and time.monotonic() - self._last_group_offsets > 1.0:
+                # also in the consumer group, where lag monitors look (once a second: it costs two round trips)
                 self._producer.send_offsets_to_transaction(offsets, self._consumer.consumer_group_metadata(), 30)
+                self._last_group_offsets = time.monotonic()
             self._commit_transaction()
         except (KafkaException, RuntimeUnavailable):
             self._abort()
@@ -520,7 +525,7 @@ class EngineRuntime:
         self._ensure_topic(self.changelog_topic, {"cleanup.policy": "compact"})
         producer = Producer(self.cluster.producer_config(**{
             "transactional.id": f"_survey_kit_ksql_{self.engine_id}",
-            "linger.ms": 5,
+            "linger.ms": 1,  # outputs are flushed at each commit anyway
             "transaction.timeout.ms": 60_000,
             **self._quiet,
         }))
@@ -709,6 +714,9 @@ class EngineRuntime:
         self._last_resync = time.monotonic()
         self._resync_wanted = False
         topics = self._topics()
+        if self.command_topic not in topics or self.changelog_topic not in topics:
+            # a broker that lost its topics (the embedded one, restarted): offsets and state start over
+            raise RuntimeUnavailable(f"the engine's topics are gone from {self.cluster.bootstrap_servers}")
         wanted = {(t, p) for t in self.engine.source_topics() for p in range(topics.get(t, 0))}
         if wanted == self._assigned:
             return

@@ -224,7 +224,7 @@ def create_app(runtime: EngineRuntime) -> Starlette:
         try:
             yield
         finally:
-            await run_in_threadpool(runtime.stop)
+            await run_in_threadpool(runtime.stop, 10)
 
     return Starlette(
         routes=[
