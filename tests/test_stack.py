@@ -27,7 +27,7 @@ def pid_alive(pid: int) -> bool:
 def test_context_manager_starts_answering_services_and_stops_them():
     with EmbeddedStack() as stack:
         status = stack.status()
-        assert set(status) == {"broker", "registry", "telegram"}
+        assert set(status) == {"broker", "registry", "telegram", "engine"}
         assert all(info["answers"] for info in status.values())
         pids = [info["pid"] for info in status.values()]
         assert stack.bootstrap_servers.startswith("127.0.0.1:")
@@ -97,7 +97,8 @@ def run_cli(*args, home):
 
 def test_cli_up_twice_status_json_and_down(tmp_path):
     home = tmp_path / "home"
-    ports = ["--broker-port", str(free_port()), "--registry-port", str(free_port()), "--telegram-port", str(free_port())]
+    ports = ["--broker-port", str(free_port()), "--registry-port", str(free_port()), "--telegram-port", str(free_port()),
+             "--engine-port", str(free_port())]
     first = run_cli("up", *ports, home=home)
     try:
         assert first.returncode == 0, first.stderr
@@ -112,7 +113,8 @@ def test_cli_up_twice_status_json_and_down(tmp_path):
         assert report["schema_registry_url"] == f"http://127.0.0.1:{ports[3]}"
         pids = [info["pid"] for info in report["services"].values()]
         assert report["telegram_api_url"] == f"http://127.0.0.1:{ports[5]}"
-        assert len(pids) == 3 and all(pid_alive(pid) for pid in pids)
+        assert report["ksqldb_url"] == f"http://127.0.0.1:{ports[7]}"
+        assert len(pids) == 4 and all(pid_alive(pid) for pid in pids)
         assert "answers" in run_cli("status", home=home).stdout
     finally:
         down = run_cli("down", home=home)
@@ -128,7 +130,7 @@ def test_cli_port_in_use_fails_without_traceback(tmp_path):
         blocker.listen()
         taken = blocker.getsockname()[1]
         result = run_cli("up", "--broker-port", str(taken), "--registry-port", str(free_port()),
-                         "--telegram-port", str(free_port()), home=tmp_path)
+                         "--telegram-port", str(free_port()), "--engine-port", str(free_port()), home=tmp_path)
     assert result.returncode == 1
     assert f"port {taken}" in result.stderr and "Traceback" not in result.stderr
     assert not (tmp_path / "stack.json").exists()
