@@ -3,16 +3,17 @@
     .venv/bin/python benchmarks/engine.py [--entries 1000000] [--latency-seconds 10]
 
 Starts an embedded stack (broker + registry), produces N survey entries on survey-entries (Avro
-through the registry, keys = survey ids) and one question per survey, then, in this one process:
+through the registry, keys = survey ids) and one question per survey, then:
 
-1. ceiling: the same topic consumed in batches and Avro-decoded (fastavro, writer schema cached by
+1. ceiling (in this process): the same topic consumed in batches and Avro-decoded (fastavro, writer schema cached by
    schema id) with no processing, to its end;
-2. engine: `EngineRuntime` applies ksql/ and runs its four queries (respondents, responses, live and
-   final histograms) over the entries, exactly once (transactions, checkpoints every 20 ms); entries/s
-   is measured from the first record processed to the last one committed;
+2. engine: the engine process (`python -m survey_kit.ksql.server`, as `survey-kit up` runs it) gets
+   ksql/ through its REST API and runs its four queries (respondents, responses, live and final
+   histograms) over the entries, exactly once (transactions, checkpoints every 20 ms); entries/s is
+   measured from the first record processed to the last one committed (its /info, polled);
 3. latency: with the engine caught up, entries of new surveys at 1,000 entries/s; for each, the time
    from producing it to its live-histogram record being readable (read_committed), p50 and p99;
-4. memory: the process's resident size sampled as the engine works through the entries (it should
+4. memory: the engine process's resident size sampled as it works through the entries (it should
    stay flat: the state grows with distinct survey ids, not with entries), and its peak.
 """
 
@@ -23,12 +24,14 @@ import json
 import random
 import resource
 import statistics
+import subprocess
 import sys
 import threading
 import time
 from pathlib import Path
 
 import fastavro
+import httpx
 from confluent_kafka import OFFSET_BEGINNING, OFFSET_END, Consumer, KafkaError, Producer, TopicPartition
 from confluent_kafka.schema_registry.avro import AvroSerializer
 from confluent_kafka.serialization import MessageField, SerializationContext
@@ -38,7 +41,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from survey_kit.cluster import from_stack  # noqa: E402
 from survey_kit.ksql.apply import register_value_schemas  # noqa: E402
 from survey_kit.ksql.pipeline import read_pipeline  # noqa: E402
-from survey_kit.ksql.runtime import EngineRuntime  # noqa: E402
+from survey_kit.ksql.rest import KsqlRestClient  # noqa: E402
+from survey_kit.stack.processes import free_port  # noqa: E402
 from survey_kit.schemas import load_schema  # noqa: E402
 from survey_kit.stack import EmbeddedStack  # noqa: E402
 from survey_kit.topics import create_topics  # noqa: E402
@@ -46,11 +50,6 @@ from survey_kit.topics import create_topics  # noqa: E402
 KSQL_DIR = Path(__file__).resolve().parent.parent / "ksql"
 OPTIONS = ["Pumpkin Pie", "Pecan Pie", "Apple Pie", "Thanksgiving Leftover Pot Pie", "Other"]
 SURVEYS = 20
-
-
-def rss_mb() -> float:
-    with open("/proc/self/statm") as statm:
-        return int(statm.read().split()[1]) * resource.getpagesize() / 2**20
 
 
 def produce_entries(cluster, count: int, start_ms: int) -> None:
@@ -140,31 +139,75 @@ class _Reader:
         return self.data[start:self.position]
 
 
-def run_engine(cluster, count: int, data_dir: Path) -> tuple[EngineRuntime, float, list[float]]:
-    """Start the runtime, apply the pipeline, time it through the entries; RSS samples on the way."""
-    runtime = EngineRuntime(cluster, engine_id="bench", data_dir=data_dir).start()
-    if not runtime.ready.wait(60):
-        raise SystemExit("the engine did not start")
-    # the pipeline in one request, as `survey-kit ksql apply` sends it
-    runtime.execute("\n".join(script.text for script in read_pipeline(KSQL_DIR)))
+class EngineServer:
+    """The engine as `survey-kit up` runs it: its own process, its REST API on a free port."""
+
+    def __init__(self, stack, data_dir: Path, commit_interval_ms: int):
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        data_dir.mkdir(parents=True, exist_ok=True)
+        self.log = open(data_dir / "engine.log", "ab")
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "survey_kit.ksql.server", "--port", str(self.port), "--data-dir", str(data_dir),
+             "--bootstrap-servers", stack.bootstrap_servers, "--schema-registry-url", stack.schema_registry_url,
+             "--commit-interval-ms", str(commit_interval_ms)],
+            stdout=self.log, stderr=subprocess.STDOUT,
+        )
+        deadline = time.monotonic() + 60
+        while not self._ready():
+            if time.monotonic() > deadline or self.proc.poll() is not None:
+                self.stop()
+                raise SystemExit(f"the engine did not start: see {data_dir / 'engine.log'}")
+            time.sleep(0.1)
+
+    def _ready(self) -> bool:
+        try:
+            return httpx.get(self.url + "/", timeout=1).status_code == 200
+        except httpx.HTTPError:
+            return False
+
+    def status(self) -> dict:
+        return httpx.get(self.url + "/info", timeout=10).json()["survey_kit"]
+
+    def rss_mb(self) -> float:
+        with open(f"/proc/{self.proc.pid}/statm") as statm:
+            return int(statm.read().split()[1]) * resource.getpagesize() / 2**20
+
+    def peak_mb(self) -> float:
+        with open(f"/proc/{self.proc.pid}/status") as status:
+            line = next(line for line in status if line.startswith("VmHWM"))
+        return int(line.split()[1]) / 1024
+
+    def stop(self) -> None:
+        self.proc.terminate()
+        try:
+            self.proc.wait(30)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+        self.log.close()
+
+
+def run_engine(engine: EngineServer, count: int) -> tuple[float, list[float], dict]:
+    """Apply the pipeline, time the engine through the entries; its resident size on the way."""
+    with KsqlRestClient(engine.url) as client:  # the pipeline in one request, as `survey-kit ksql apply` sends it
+        client.execute("\n".join(script.text for script in read_pipeline(KSQL_DIR)))
     total = count + SURVEYS
     samples = []
-    while runtime.metrics.records_in == 0:
-        time.sleep(0.001)
+    while engine.status()["records_in"] == 0:
+        time.sleep(0.01)
     started = time.perf_counter()
     next_sample = total / 4
     while True:
-        done = runtime.metrics.records_in
-        if done >= next_sample:
-            samples.append(rss_mb())
+        status = engine.status()
+        if status["records_in"] >= next_sample:
+            samples.append(engine.rss_mb())
             next_sample += total / 4
-        if done >= total and runtime.metrics.commits and runtime._uncommitted == 0:
-            break
-        time.sleep(0.01)
-    return runtime, count / (time.perf_counter() - started), samples
+        if status["records_in"] >= total and status["uncommitted"] == 0:
+            return count / (time.perf_counter() - started), samples, status
+        time.sleep(0.2)
 
 
-def latency(cluster, runtime: EngineRuntime, seconds: float, rate: int = 1_000) -> list[float]:
+def latency(cluster, seconds: float, rate: int = 1_000) -> list[float]:
     """Milliseconds from producing an entry of a new survey to its live-histogram record being readable."""
     topic_in, topic_out = cluster.topics.entries, cluster.topics.results_live
     serializer = AvroSerializer(cluster.registry(), load_schema("survey-entries"))
@@ -229,6 +272,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--entries", type=int, default=1_000_000, help="entries pushed through the pipeline (default 1,000,000)")
     parser.add_argument("--latency-seconds", type=float, default=10.0, help="how long to measure latency at 1,000 entries/s (default 10)")
+    parser.add_argument("--commit-interval-ms", type=int, default=20, help="the engine's commit interval (default 20, its default)")
     args = parser.parse_args(argv)
 
     with EmbeddedStack(services=("broker", "registry")) as stack:
@@ -244,24 +288,25 @@ def main(argv: list[str] | None = None) -> int:
         ceiling_rate = ceiling(cluster, args.entries)
         print(f"  {ceiling_rate:,.0f} entries/s")
 
-        before = rss_mb()
-        print(f"engine: the ksql/ pipeline, exactly once (resident {before:.0f} MB before) ...", flush=True)
-        runtime, engine_rate, samples = run_engine(cluster, args.entries, stack.data_dir / "engine")
-        print(f"  {engine_rate:,.0f} entries/s = {engine_rate / ceiling_rate:.0%} of the ceiling; "
-              f"{runtime.metrics.records_out:,} records out, {runtime.metrics.commits:,} commits")
-        print("  resident MB at 25/50/75/100% of the entries: " + " / ".join(f"{s:.0f}" for s in samples))
-        stores = sum(len(store) for q in runtime.engine.queries.values() for store in q.stores._stores.values())
-        print(f"  state: {stores:,} store entries ({SURVEYS} surveys)")
-
-        print(f"latency: entry -> live histogram readable, 1,000 entries/s for {args.latency_seconds:.0f} s ...", flush=True)
-        delays = sorted(latency(cluster, runtime, args.latency_seconds))
-        if delays:
-            p50 = statistics.median(delays)
-            p99 = delays[min(len(delays) - 1, int(len(delays) * 0.99))]
-            print(f"  p50 {p50:.1f} ms, p99 {p99:.1f} ms, max {delays[-1]:.1f} ms over {len(delays):,} entries")
-        runtime.stop()
-        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-        print(f"peak resident memory of the process: {peak:.0f} MB")
+        print("engine: the ksql/ pipeline, exactly once, in its own process ...", flush=True)
+        engine = EngineServer(stack, stack.data_dir / "engine", args.commit_interval_ms)
+        try:
+            before = engine.rss_mb()
+            engine_rate, samples, status = run_engine(engine, args.entries)
+            print(f"  {engine_rate:,.0f} entries/s = {engine_rate / ceiling_rate:.0%} of the ceiling; "
+                  f"{status['records_out']:,} records out, {status['commits']:,} commits")
+            print(f"  engine resident MB: {before:.0f} started, at 25/50/75/100% of the entries: "
+                  + " / ".join(f"{s:.0f}" for s in samples))
+            print(f"latency: entry -> live histogram readable, 1,000 entries/s for {args.latency_seconds:.0f} s ...", flush=True)
+            delays = sorted(latency(cluster, args.latency_seconds))
+            if delays:
+                p50 = statistics.median(delays)
+                p99 = delays[min(len(delays) - 1, int(len(delays) * 0.99))]
+                print(f"  p50 {p50:.1f} ms, p99 {p99:.1f} ms, max {delays[-1]:.1f} ms over {len(delays):,} entries")
+            print(f"peak resident memory of the engine: {engine.peak_mb():.0f} MB "
+                  f"(after {args.entries:,} entries of {SURVEYS} surveys and {int(args.latency_seconds * 1000):,} one-entry surveys)")
+        finally:
+            engine.stop()
     return 0
 
 

@@ -220,10 +220,11 @@ def _ksql_apply(args) -> int:
     cluster = _cluster(args)
     try:
         overrides = _parse_defines(args.define)
-        if not cluster.settings.ksqldb.url:
-            for subject in register_value_schemas(cluster):
-                print(f"schema registered for {subject}")
         with ksql_client(cluster) as client:
+            if cluster.embedded and not cluster.settings.ksqldb.url:
+                # the embedded stack: register the schemas the streams infer their columns from
+                for subject in register_value_schemas(cluster):
+                    print(f"schema registered for {subject}")
             for applied in apply_pipeline(client, args.directory, overrides):
                 print(f"{applied.path.name}: {applied.message}")
     except (ApplyError, KsqlError) as exc:

@@ -485,3 +485,21 @@ def test_broker_quirk_read_committed_shows_aborted_and_fenced_transactions(stack
     assert read_all(stack.bootstrap_servers, topic, "read_committed") == [b"aborted"]  # Kafka: []
     producer()  # the next instance fences the first
     assert read_all(stack.bootstrap_servers, topic, "read_committed") == [b"aborted", b"unfinished when its producer died"]  # Kafka: []
+
+
+def test_wall_clock_closes_a_final_window_without_later_records(running):
+    """The opt-in survey_kit.emit.final.wall.clock: the last window of a quiet survey still reports."""
+    stack, cluster, engine = running
+    with engine.client() as client:
+        client.execute(
+            "CREATE TABLE quiet_final WITH (kafka_topic='quiet-final', value_format='JSON') AS "
+            "SELECT survey_id, HISTOGRAM(response) AS results FROM survey_entries "
+            "WINDOW TUMBLING (SIZE 1 MINUTE, GRACE PERIOD 0 SECONDS) WHERE survey_id = 'quiet' GROUP BY survey_id EMIT FINAL;",
+            properties={"survey_kit.emit.final.wall.clock": "true"},
+        )
+    survey = Survey(cluster)
+    survey.entry("quiet", 300, "Apple Pie", 10_000)  # long past: its window ended when the epoch was a minute old
+    survey.flush()
+    final = wait_for(lambda: committed(cluster, "quiet-final"), 30, "the quiet window to close by wall clock")
+    assert len(final) == 1
+    assert json.loads(final[0][1])["RESULTS"] == {"Apple Pie": 1}

@@ -55,8 +55,8 @@ def ksql_client(cluster: Cluster) -> KsqlRestClient:
     if cluster.ksqldb_url:
         return KsqlRestClient(cluster.ksqldb_url)
     raise ConnectionError(
-        "no ksqlDB server is configured (ksqldb.url) and the embedded stack runs no ksql engine: "
-        "start the stack with `survey-kit up`, or run `survey-kit engine`"
+        "no ksqlDB server is configured and the embedded stack runs no ksql engine: start the stack with "
+        "`survey-kit up`, or run `survey-kit engine` and set ksqldb.url (http://127.0.0.1:8088)"
     )
 
 

@@ -782,6 +782,7 @@ class EngineRuntime:
             "outage": self._outage,
             "queries": len(self.engine.queries),
             "assigned_partitions": len(self._assigned),
+            "uncommitted": self._uncommitted,
             **self.metrics.__dict__,
         }
 
