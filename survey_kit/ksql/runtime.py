@@ -12,15 +12,21 @@ module is its Kafka I/O, shaped like Kafka Streams / ksqlDB:
 * one consumer `assign()`s every partition of the queries' source topics (no
   group join; the embedded broker makes joins slow) and reads them in offset
   order per partition, in batches;
-* the outputs, the state changes (`engine.drain_changes()`, to a compacted
-  changelog topic) and the input offsets (`send_offsets_to_transaction`) are
-  committed in one Kafka transaction every `commit_interval_ms` or
-  `commit_records` records, so a crash at any moment leaves the output topics
-  as if the engine had never stopped;
-* every statement that changes the engine (CREATE, DROP, TERMINATE, SET, ...)
-  is appended to a command topic, as ksqlDB does; on start the engine is
-  rebuilt from it, its state restored from the changelog and its inputs
-  resumed from the committed offsets. A copy of the commands kept in
+* the outputs and one checkpoint record (the state changes from
+  `engine.drain_changes()`, the input offsets and the end offset of every
+  output partition, on the changelog topic) are committed in one Kafka
+  transaction every `commit_interval_ms` or `commit_records` records, so a
+  crash at any moment leaves the output topics as if the engine had never
+  stopped. (The embedded broker shows the records of aborted and fenced
+  transactions to read_committed readers; the checkpoint being one record
+  keeps state and offsets consistent, and the outputs a cut-short
+  transaction left are not written twice: see `_commit`, `_count_replayed`.)
+* every statement that changes the engine (CREATE, DROP, TERMINATE; with
+  the properties its request SET) is appended to a command topic, as ksqlDB
+  does; on start the engine is rebuilt from it, its state and input offsets
+  restored from the checkpoints. A query created later reads its topics from
+  where the engine's consumer is (from the beginning for a topic no query
+  read before). A copy of the commands kept in
   `data_dir` rebuilds the engine when the broker lost its topics (the
   embedded broker keeps them in memory);
 * malformed records become dead letters (the engine produces them; they are
