@@ -98,6 +98,8 @@ def build_parser() -> argparse.ArgumentParser:
     apply = ksql_commands.add_parser("apply", help="apply the ksql/ statement files to ksqlDB or the embedded engine")
     apply.add_argument("directory", nargs="?", default="ksql", metavar="DIR", help="folder of *.sql files (default: ksql)")
     apply.add_argument("--define", action="append", default=[], metavar="NAME=VALUE", help="override a DEFINE'd variable")
+    apply.add_argument("--set", action="append", default=[], metavar="NAME=VALUE", dest="properties",
+                       help="a property for the queries created (as ksqlDB's SET), e.g. survey_kit.emit.final.wall.clock=true")
     apply.set_defaults(func=_ksql_apply)
     add_subcommands(ksql_commands)
 
@@ -220,12 +222,13 @@ def _ksql_apply(args) -> int:
     cluster = _cluster(args)
     try:
         overrides = _parse_defines(args.define)
+        properties = _parse_defines(args.properties)
         with ksql_client(cluster) as client:
             if cluster.embedded and not cluster.settings.ksqldb.url:
                 # the embedded stack: register the schemas the streams infer their columns from
                 for subject in register_value_schemas(cluster):
                     print(f"schema registered for {subject}")
-            for applied in apply_pipeline(client, args.directory, overrides):
+            for applied in apply_pipeline(client, args.directory, overrides, properties):
                 print(f"{applied.path.name}: {applied.message}")
     except (ApplyError, KsqlError) as exc:
         print(f"survey-kit: error: {exc}", file=sys.stderr)

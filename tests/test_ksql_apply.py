@@ -5,6 +5,7 @@ The statement files name the default topics, so this module runs a stack of its 
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -67,7 +68,8 @@ def test_apply_before_the_schemas_exist_says_what_to_do(deployment):
 def test_apply_twice_is_harmless(deployment):
     stack, cluster, engine, data = deployment
     register_value_schemas(cluster)
-    first = run_cli(deployment, "ksql", "apply", "--define", "results_window_size=5 MINUTES")
+    first = run_cli(deployment, "ksql", "apply", "--define", "results_window_size=5 MINUTES",
+                    "--set", "survey_kit.emit.final.wall.clock=true")
     assert first.returncode == 0, first.stderr
     assert "03_survey_respondents.sql: Created query with ID CSAS_SURVEY_RESPONDENTS_0" in first.stdout
     assert "06_survey_results_final.sql: Created query with ID CTAS_SURVEY_RESULTS_FINAL_3" in first.stdout
@@ -80,6 +82,14 @@ def test_apply_twice_is_harmless(deployment):
         description = client.execute("DESCRIBE survey_results_final;")[0]["sourceDescription"]
     assert description["windowType"] == "TUMBLING"
     assert "5 MINUTES" in description["statement"]  # the override, not the file's 48 HOURS
+    recorded = [c for c in engine_commands(engine) if "survey_results_final" in c["statement"]]
+    assert recorded[0]["streamsProperties"] == {"survey_kit.emit.final.wall.clock": "true"}
+
+
+def engine_commands(engine) -> list[dict]:
+    """The statements the engine recorded (its local copy of the command topic)."""
+    backup = next(engine.data_dir.glob("*_command.jsonl"))
+    return [json.loads(line) for line in backup.read_text().splitlines()]
 
 
 @pytest.mark.parametrize(("define", "message"), [
