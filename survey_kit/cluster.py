@@ -39,7 +39,8 @@ class Cluster:
 
     def client_config(self, **overrides: Any) -> dict[str, Any]:
         """librdkafka properties shared by producers, consumers and admin clients."""
-        config: dict[str, Any] = dict(self.settings.kafka)
+        # librdkafka's informational logs (level 6) land in notebooks' stderr; warnings and errors still do.
+        config: dict[str, Any] = {"log_level": 4, **self.settings.kafka}
         config["bootstrap.servers"] = self.bootstrap_servers
         if self.embedded:
             config.update(_EMBEDDED_CLIENT_DEFAULTS)
