@@ -262,6 +262,17 @@ class Engine:
                 outputs.append(self._dead_letter(source, topic, partition, offset, timestamp, key, value, error))
         return outputs
 
+    def process_batch(self, records) -> list[OutputRecord]:
+        """`process` for a whole fetch: `records` are (topic, partition, offset, timestamp, key, value[, headers]) tuples.
+
+        The same outputs, in the same order, as calling `process` on each in turn.
+        """
+        outputs: list[OutputRecord] = []
+        process = self.process
+        for record in records:
+            outputs += process(*record)
+        return outputs
+
     def _readers_of(self, topic: str) -> list[PersistentQuery]:
         """The queries reading `topic` (cached until the set of queries changes)."""
         ids = tuple(self.queries)
