@@ -10,6 +10,7 @@ expression NULL rather than stopping the query.
 from __future__ import annotations
 
 import decimal
+import operator
 import re
 from dataclasses import dataclass, field
 from typing import Any, Callable
@@ -59,6 +60,9 @@ class Scope:
 class Compiled:
     fn: Evaluator
     type: SqlType | None
+    # the row slot the expression reads, when it is nothing but a column (or precomputed) reference:
+    # evaluators then read the slots directly instead of calling `fn`
+    slot: str | None = None
 
 
 def evaluate_safely(fn: Evaluator, row: dict):
@@ -68,27 +72,63 @@ def evaluate_safely(fn: Evaluator, row: dict):
         return None
 
 
-def tuple_evaluator(fns: list[Evaluator]) -> Callable[[dict], tuple]:
+def tuple_evaluator(compiled: list[Compiled]) -> Callable[[dict], tuple]:
     """Evaluate several expressions into a tuple; one that fails is NULL, the others keep their value."""
+    fns = [c.fn for c in compiled]
+
+    def evaluate_one_by_one(row):
+        return tuple([evaluate_safely(fn, row) for fn in fns])
+
+    slots = [c.slot for c in compiled]
+    if slots and None not in slots:
+        # only column references (the common case): one C-level itemgetter call per row;
+        # a missing slot raises KeyError and the one-by-one path makes it NULL, as `fn` would
+        getter = operator.itemgetter(*slots)
+        single = len(slots) == 1
+
+        def read_slots(row):
+            try:
+                return (getter(row),) if single else getter(row)
+            except KeyError:
+                return evaluate_one_by_one(row)
+
+        return read_slots
 
     def evaluate(row):
         try:
             return tuple([fn(row) for fn in fns])
         except Exception:  # rare: redo one by one so only the failing expressions become NULL
-            return tuple([evaluate_safely(fn, row) for fn in fns])
+            return evaluate_one_by_one(row)
 
     return evaluate
 
 
-def dict_evaluator(names: list[str], fns: list[Evaluator]) -> Callable[[dict], dict]:
+def dict_evaluator(names: list[str], compiled: list[Compiled]) -> Callable[[dict], dict]:
     """Evaluate named expressions into a dict (a row's value columns), failures as NULL."""
-    pairs = list(zip(names, fns))
+    pairs = [(name, c.fn) for name, c in zip(names, compiled)]
+
+    def evaluate_one_by_one(row):
+        return {name: evaluate_safely(fn, row) for name, fn in pairs}
+
+    slots = [c.slot for c in compiled]
+    if slots and None not in slots:
+        # only column references: the values come from one itemgetter call (see tuple_evaluator)
+        getter = operator.itemgetter(*slots)
+        single = names[0] if len(slots) == 1 else None
+
+        def read_slots(row):
+            try:
+                return {single: getter(row)} if single is not None else dict(zip(names, getter(row)))
+            except KeyError:
+                return evaluate_one_by_one(row)
+
+        return read_slots
 
     def evaluate(row):
         try:
             return {name: fn(row) for name, fn in pairs}
         except Exception:
-            return {name: evaluate_safely(fn, row) for name, fn in pairs}
+            return evaluate_one_by_one(row)
 
     return evaluate
 
@@ -97,7 +137,7 @@ def compile_expr(expr: ast.Expr, scope: Scope) -> Compiled:
     """Compile `expr` against `scope`; raise KsqlError for unknown columns or functions."""
     if expr in scope.precomputed:
         slot, slot_type = scope.precomputed[expr]
-        return Compiled(lambda row, s=slot: row[s], slot_type)
+        return Compiled(lambda row, s=slot: row[s], slot_type, slot)
     if isinstance(expr, ast.Literal):
         value = expr.value
         if expr.type is not None and expr.type.base == "DECIMAL":
@@ -107,7 +147,7 @@ def compile_expr(expr: ast.Expr, scope: Scope) -> Compiled:
         if scope.strict_message is not None and expr.name not in ("WINDOWSTART", "WINDOWEND"):
             raise KsqlError(scope.strict_message(expr))
         column = scope.resolve(expr)
-        return Compiled(lambda row, s=column.slot: row.get(s), column.type)
+        return Compiled(lambda row, s=column.slot: row.get(s), column.type, column.slot)
     if isinstance(expr, ast.FunctionCall):
         return _compile_call(expr, scope)
     if isinstance(expr, ast.StructConstructor):

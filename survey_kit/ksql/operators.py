@@ -20,7 +20,7 @@ from collections import OrderedDict
 from dataclasses import dataclass, field
 from typing import Any
 
-from .expressions import dict_evaluator, evaluate_safely, tuple_evaluator
+from .expressions import Compiled, dict_evaluator, evaluate_safely, tuple_evaluator
 from .formats import KeyFormat, ValueFormat
 from .planner import DataSource, QueryPlan
 from .state import Stores
@@ -93,11 +93,37 @@ class PersistentQuery:
         self._cache: OrderedDict[tuple, OutputRecord] = OrderedDict()
         self.status = "RUNNING"
         # the projections and grouping, each evaluated in one call per record
-        self._key_of = tuple_evaluator([k.fn for k in plan.key_projection])
-        self._value_of = dict_evaluator([c.name for c in plan.sink.value_columns], [f.fn for f in plan.value_projection])
+        self._key_of = tuple_evaluator(plan.key_projection)
+        self._value_of = dict_evaluator([c.name for c in plan.sink.value_columns], plan.value_projection)
+        # rows are built by closures made once per query, not by walking the columns per record
+        self._source_prefix = plan.slot_prefix[plan.source_alias]
+        self._build_source_row = row_builder(plan.source, self._source_prefix)
+        if plan.join is not None:
+            self._table_prefix = plan.slot_prefix[plan.join.table_alias]
+            self._build_table_row = row_builder(plan.join.table, self._table_prefix)
+            self._join_key_of = plan.join.stream_key.fn
+            self._no_table_row = {self._table_prefix + c.name: None for c in plan.join.table.columns}
+        self._where = plan.where.fn if plan.where is not None else None
         if plan.aggregation is not None:
-            self._group_of = tuple_evaluator([g.fn for g in plan.aggregation.group_by])
-            self._arguments_of = tuple_evaluator([c.argument.fn if c.argument else _none for c in plan.aggregation.calls])
+            agg = plan.aggregation
+            self._group_of = tuple_evaluator(agg.group_by)
+            self._arguments_of = tuple_evaluator([c.argument or _NONE for c in agg.calls])
+            self._inits = [c.aggregate.init for c in agg.calls]
+            self._adders = [c.aggregate.add for c in agg.calls]
+            self._undoers = [c.aggregate.undo for c in agg.calls]
+            self._results = [(f"__a{j}", c.aggregate.result) for j, c in enumerate(agg.calls)]
+            self._key_slots = [f"__k{i}" for i in range(len(agg.group_by))]
+            self._window_size = agg.window.size_ms if agg.window is not None else None
+            self._having = agg.having.fn if agg.having is not None else None
+        # the operator for this kind of query, chosen once
+        if plan.aggregation is None:
+            self._handle = self._project_stream
+        elif plan.aggregation.table_source:
+            self._handle = self._aggregate_table
+        elif plan.aggregation.window is None:
+            self._handle = self._aggregate_stream
+        else:
+            self._handle = self._aggregate_windowed
 
     @property
     def query_id(self) -> str:
@@ -110,21 +136,15 @@ class PersistentQuery:
     # ------------------------------------------------------------ entry points
 
     def process(self, source: DataSource, record: InputRecord) -> list[OutputRecord]:
-        self.metrics.processed += 1
-        plan = self.plan
-        if plan.join and source is plan.join.table:
+        metrics = self.metrics
+        metrics.processed += 1
+        join = self.plan.join
+        if join is not None and source is join.table:
             self._update_join_table(record)
             return []
-        if plan.aggregation is None:
-            outputs = self._project_stream(record)
-        elif plan.aggregation.table_source:
-            outputs = self._aggregate_table(record)
-        elif plan.aggregation.window is None:
-            outputs = self._aggregate_stream(record)
-        else:
-            outputs = self._aggregate_windowed(record)
-        outputs = [o for o in outputs if o is not None]
-        self.metrics.emitted += len(outputs)
+        outputs = self._handle(record)  # never holds None
+        if outputs:
+            metrics.emitted += len(outputs)
         return outputs
 
     def flush(self) -> list[OutputRecord]:
@@ -165,44 +185,28 @@ class PersistentQuery:
 
     # ------------------------------------------------------------ rows
 
-    def _row(self, record: InputRecord, source: DataSource, prefix: str) -> dict[str, Any]:
-        """The record as a row of slots (shared by the queries reading it: do not modify)."""
-        row = record.rows.get(prefix)
+    def _source_row(self, record: InputRecord) -> dict[str, Any]:
+        """The record as a row of the query's source slots (shared by the queries reading it: do not modify)."""
+        rows = record.rows
+        row = rows.get(self._source_prefix)
         if row is None:
-            row = record.rows[prefix] = self._build_row(record, source, prefix)
-        return row
-
-    def _build_row(self, record: InputRecord, source: DataSource, prefix: str) -> dict[str, Any]:
-        row: dict[str, Any] = {}
-        for column, value in zip(source.key_columns, record.key):
-            row[prefix + column.name] = value
-        for column in source.value_columns:
-            row[prefix + column.name] = record.value.get(column.name)
-        row[prefix + "ROWTIME"] = record.timestamp
-        row[prefix + "ROWPARTITION"] = record.partition
-        row[prefix + "ROWOFFSET"] = record.offset
-        if source.window is not None and record.window_start is not None:
-            row[prefix + "WINDOWSTART"] = record.window_start
-            row[prefix + "WINDOWEND"] = record.window_start + source.window.size_ms
+            row = rows[self._source_prefix] = self._build_source_row(record)
         return row
 
     def _input_row(self, record: InputRecord) -> dict | None:
         """The joined and filtered row of a stream record, or None when it is dropped."""
-        plan = self.plan
-        row = self._row(record, plan.source, plan.slot_prefix[plan.source_alias])
-        if plan.join:
+        row = self._source_row(record)
+        if self.plan.join is not None:
             row = dict(row)
-            join_key = evaluate_safely(plan.join.stream_key.fn, row)
+            join_key = evaluate_safely(self._join_key_of, row)
             table_row = self.stores.get("join_table").get((join_key,)) if join_key is not None else None
             if table_row is None:
-                if plan.join.kind == "INNER":
+                if self.plan.join.kind == "INNER":
                     return None
-                prefix = plan.slot_prefix[plan.join.table_alias]
-                for column in plan.join.table.columns:
-                    row[prefix + column.name] = None
+                row.update(self._no_table_row)
             else:
                 row.update(table_row)
-        if plan.where is not None and not _truthy(plan.where.fn, row):
+        if self._where is not None and evaluate_safely(self._where, row) is not True:
             return None
         return row
 
@@ -214,8 +218,10 @@ class PersistentQuery:
         if record.value is None:
             table.delete(record.key)
             return
-        join = self.plan.join
-        row = self._row(record, join.table, self.plan.slot_prefix[join.table_alias])
+        rows = record.rows
+        row = rows.get(self._table_prefix)
+        if row is None:
+            row = rows[self._table_prefix] = self._build_table_row(record)
         table.put(record.key, row)
 
     def _output(self, key: tuple, value: dict | None, timestamp: int, window_start: int | None = None) -> OutputRecord | None:
@@ -257,29 +263,27 @@ class PersistentQuery:
         return self._arguments_of(row)
 
     def _initial(self) -> list:
-        return [c.aggregate.init() for c in self.plan.aggregation.calls]
+        return [init() for init in self._inits]
 
     def _add(self, states: list, args: list) -> list:
-        return [c.aggregate.add(s, a) for c, s, a in zip(self.plan.aggregation.calls, states, args)]
+        return [add(s, a) for add, s, a in zip(self._adders, states, args)]
 
     def _undo(self, states: list, args: list) -> list:
-        return [c.aggregate.undo(s, a) for c, s, a in zip(self.plan.aggregation.calls, states, args)]
+        return [undo(s, a) for undo, s, a in zip(self._undoers, states, args)]
 
     def _post_row(self, key: tuple, state: dict, window_start: int | None) -> dict[str, Any]:
-        agg = self.plan.aggregation
-        post: dict[str, Any] = {f"__k{i}": v for i, v in enumerate(key)}
-        for j, (call, s) in enumerate(zip(agg.calls, state["aggs"])):
-            post[f"__a{j}"] = call.aggregate.result(s)
+        post: dict[str, Any] = dict(zip(self._key_slots, key))
+        for (slot, result), s in zip(self._results, state["aggs"]):
+            post[slot] = result(s)
         if window_start is not None:
             post["WINDOWSTART"] = window_start
-            post["WINDOWEND"] = window_start + agg.window.size_ms
+            post["WINDOWEND"] = window_start + self._window_size
         return post
 
     def _passes_having(self, key: tuple, state: dict | None, window_start: int | None = None) -> bool:
-        having = self.plan.aggregation.having
         if state is None:
             return False
-        return having is None or _truthy(having.fn, self._post_row(key, state, window_start))
+        return self._having is None or _truthy(self._having, self._post_row(key, state, window_start))
 
     def _aggregate_output(self, key: tuple, state: dict, window_start: int | None = None, old: dict | None = None) -> OutputRecord | None:
         """The sink record for an aggregate update.
@@ -288,9 +292,8 @@ class PersistentQuery:
         previous value was in the table, and nothing is written otherwise (as
         ksqlDB's table filter does).
         """
-        plan = self.plan
         post = self._post_row(key, state, window_start)
-        if plan.aggregation.having is not None and not _truthy(plan.aggregation.having.fn, post):
+        if self._having is not None and not _truthy(self._having, post):
             if not self._passes_having(key, old, window_start):
                 return None
             value = None
@@ -309,12 +312,14 @@ class PersistentQuery:
             self.metrics.null_key_dropped += 1
             return []
         store = self.stores.get("aggregates")
-        old = store.get(_hashable(key))
+        store_key = _hashable(key)
+        old = store.get(store_key)
         states = old["aggs"] if old else self._initial()
         timestamp = max(record.timestamp, old["ts"]) if old else record.timestamp
-        new = {"aggs": self._add(states, self._arguments(row)), "ts": timestamp, "key": list(key)}
-        store.put(_hashable(key), new)
-        return _present([self._aggregate_output(key, new, old=old)])
+        new = {"aggs": self._add(states, self._arguments_of(row)), "ts": timestamp, "key": list(key)}
+        store.put(store_key, new)
+        output = self._aggregate_output(key, new, old=old)
+        return [] if output is None else [output]
 
     def _aggregate_table(self, record: InputRecord) -> list[OutputRecord]:
         plan = self.plan
@@ -325,7 +330,7 @@ class PersistentQuery:
         old_row = table.get(record.key)
         new_row = None
         if record.value is not None:
-            new_row = self._row(record, plan.source, plan.slot_prefix[plan.source_alias])
+            new_row = self._source_row(record)
             table.put(record.key, new_row)
         else:
             table.delete(record.key)
@@ -454,8 +459,39 @@ class PersistentQuery:
         return _present(outputs)
 
 
+def row_builder(source: DataSource, prefix: str):
+    """A function building the row of slots of a record of `source` (slot = prefix + column name).
+
+    Made once per query: the per-record work is a few dict operations, in the
+    column order of the source (key columns, value columns, pseudo columns).
+    """
+    key_slots = [prefix + c.name for c in source.key_columns]
+    value_slots = [(prefix + c.name, c.name) for c in source.value_columns]
+    rowtime, rowpartition, rowoffset = prefix + "ROWTIME", prefix + "ROWPARTITION", prefix + "ROWOFFSET"
+    window_size = source.window.size_ms if source.window is not None else None
+    windowstart, windowend = prefix + "WINDOWSTART", prefix + "WINDOWEND"
+
+    def build(record: InputRecord) -> dict[str, Any]:
+        row = dict(zip(key_slots, record.key))
+        get = record.value.get
+        for slot, name in value_slots:
+            row[slot] = get(name)
+        row[rowtime] = record.timestamp
+        row[rowpartition] = record.partition
+        row[rowoffset] = record.offset
+        if window_size is not None and record.window_start is not None:
+            row[windowstart] = record.window_start
+            row[windowend] = record.window_start + window_size
+        return row
+
+    return build
+
+
 def _none(_row):
     return None
+
+
+_NONE = Compiled(_none, None)  # the argument of an argument-less aggregate call, e.g. COUNT(*)
 
 
 def _present(outputs: list) -> list[OutputRecord]:
@@ -464,7 +500,10 @@ def _present(outputs: list) -> list[OutputRecord]:
 
 def _hashable(key: tuple) -> tuple:
     """A store key for a group key whose parts may be STRUCT/MAP/ARRAY values."""
-    if all(not isinstance(v, (dict, list)) for v in key):
+    for v in key:  # a plain loop: this runs for every aggregated record
+        if isinstance(v, (dict, list)):
+            break
+    else:
         return key
 
     def freeze(v):

@@ -583,7 +583,7 @@ def _plan_aggregation(statement, query_id, left, query, scope, items, where, joi
             key_item_names[group_index].append(name)
             if key_columns[group_index] is None:
                 key_columns[group_index] = Column(name, group_compiled[group_index].type)
-                key_projection[group_index] = Compiled(lambda row, s=f"__k{group_index}": row[s], group_compiled[group_index].type)
+                key_projection[group_index] = Compiled(lambda row, s=f"__k{group_index}": row[s], group_compiled[group_index].type, f"__k{group_index}")
             continue
         try:
             compiled = _compile_post(expr, post)
