@@ -393,8 +393,9 @@ class AvroFormat(ValueFormat):
             raise KsqlError("AVRO format needs a schema registry: configure one for the engine")
         self.store = store
         self.full_name = full_name
-        self._readers: dict[int, tuple[Any, list]] = {}
+        self._readers: dict[int, tuple[Any, list, list | None]] = {}
         self._writer_id: int | None = None
+        self._header = b""  # magic byte and writer schema id, once registered
         self._writer = fastavro.parse_schema(avro_value_schema(columns, full_name))
         # only nested types need converting between rows and Avro records
         self._nested = [(c.name, c.type) for c in columns if c.type.base in ("MAP", "ARRAY", "STRUCT")]
@@ -408,6 +409,7 @@ class AvroFormat(ValueFormat):
             schema = sql_type_to_avro(self.columns[0].type, self.columns[0].name) if bare else self.writer_schema()
             self._writer_id = self.store.register(f"{self.topic}-{subject_suffix}", json.dumps(schema))
             self._writer = fastavro.parse_schema(schema)
+            self._header = b"\x00" + struct.pack(">I", self._writer_id)
         return self._writer_id
 
     def serialize(self, row, subject_suffix: str = "value", bare: bool = False):
@@ -416,19 +418,23 @@ class AvroFormat(ValueFormat):
         if bare:
             column = self.columns[0]
             record = _to_avro_value(row.get(column.name), column.type)
-        else:
+        elif self._nested:
             record = {c.name: row.get(c.name) for c in self.columns}
             for name, sql_type in self._nested:
                 record[name] = _to_avro_value(record[name], sql_type)
+        else:
+            # plain columns: fastavro reads exactly the schema's fields from the row (a missing one
+            # is written as its default, NULL, as row.get would give), so no copy is needed
+            record = row
         if self._writer_id is None:
             self.register_schema(subject_suffix, bare)
-        out = io.BytesIO()
-        out.write(b"\x00" + struct.pack(">I", self._writer_id))
+        out = io.BytesIO(self._header)
+        out.seek(5)
         fastavro.schemaless_writer(out, self._writer, record)
         return out.getvalue()
 
-    def _reader(self, schema_id: int) -> tuple[Any, list]:
-        """The parsed writer schema of `schema_id` and how each column is read from its records."""
+    def _reader(self, schema_id: int) -> tuple[Any, list, list | None]:
+        """The parsed writer schema of `schema_id`, how each column is read from its records, and the plain renames if that is all it takes."""
         try:
             writer = json.loads(self.store.schema_by_id(schema_id))
         except Exception as exc:  # the store's own error types vary (HTTP, KeyError)
@@ -448,7 +454,10 @@ class AvroFormat(ValueFormat):
             except KsqlError:
                 same_type = False
             plan.append((column, field["name"], not same_type))
-        return fastavro.parse_schema(writer), plan
+        # a writer schema whose every column is there with the column's type is read by renaming
+        # fields only (the common case: no per-column coercion, no per-record planning)
+        renames = [(column.name, field_name) for column, field_name, convert in plan] if not any(convert or field_name is None for _, field_name, convert in plan) else None
+        return fastavro.parse_schema(writer), plan, renames
 
     def deserialize(self, data):
         if data is None:
@@ -459,11 +468,15 @@ class AvroFormat(ValueFormat):
         reader = self._readers.get(schema_id)
         if reader is None:
             reader = self._readers[schema_id] = self._reader(schema_id)
-        parsed, plan = reader
+        parsed, plan, renames = reader
+        buffer = io.BytesIO(data)
+        buffer.seek(5)  # past the header, without copying the value
         try:
-            decoded = fastavro.schemaless_reader(io.BytesIO(data[5:]), parsed, None)
+            decoded = fastavro.schemaless_reader(buffer, parsed, None)
         except Exception as exc:  # fastavro raises many types for truncated or garbled data
             raise RecordError(f"cannot decode Avro value with schema id {schema_id}: {exc}") from None
+        if renames is not None and type(decoded) is dict:
+            return {name: decoded[field_name] for name, field_name in renames}
         if not isinstance(decoded, dict):
             if len(self.columns) == 1:
                 return {self.columns[0].name: coerce(_from_avro_value(decoded, self.columns[0].type), self.columns[0].type, self.columns[0].name)}
@@ -528,8 +541,13 @@ class KeyFormat:
                 )
             for c in columns:
                 check_kafka_type(c.type, c.name)
+        self._string_key = self.name == "KAFKA" and len(columns) == 1 and columns[0].type.base == "STRING"
 
     def serialize(self, key: tuple, window_start: int | None = None) -> bytes | None:
+        if self._string_key and not self.windowed:
+            # the common KAFKA STRING key: what _serialize_plain does, without its dispatch
+            value = key[0]
+            return None if value is None else value.encode()
         data = self._serialize_plain(key)
         if self.windowed and window_start is not None:
             return (data or b"") + struct.pack(">q", window_start)
