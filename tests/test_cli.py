@@ -64,3 +64,28 @@ def test_broker_that_is_down_is_reported(tmp_path):
     result = subprocess.run(CLI + ["--config", str(config), "survey", "list"], env=env, capture_output=True, text=True, timeout=60)
     assert result.returncode == 1
     assert "cannot reach Kafka at 127.0.0.1:1" in result.stderr and "Traceback" not in result.stderr
+
+
+def test_generate_writes_entries_with_chosen_timestamps(run, cluster):
+    from survey_kit.frames import read_topic
+    from survey_kit.surveys import Survey, create_survey
+
+    create_survey(cluster, Survey("1", "Pie?", "Pie", ["Apple", "Pecan"]))
+    result = run("generate", "--survey", "1", "--count", "20", "--start", "2026-11-25T10:00:00+00:00",
+                 "--interval", "60", "--late", "3", "--late-by", "600", "--seed", "5")
+    assert result.returncode == 0, result.stderr
+    assert "20 entries written" in result.stdout
+    entries = read_topic(cluster, cluster.topics.entries, progress=False)
+    assert len(entries) == 20 and set(entries["response"]) <= {"Apple", "Pecan"}
+    assert entries["entry_id"].notna().all() and entries["entry_id"].is_unique
+    start_ms = 1_795_600_800_000  # 2026-11-25T10:00:00Z
+    offsets = sorted((entries["timestamp_ms"] - start_ms) // 60_000)
+    # 17 on time at their minute, 3 shifted 10 minutes earlier (possibly before the start)
+    assert sum(1 for m in offsets if m < 0) <= 3 and max(offsets) <= 19
+    assert (entries["timestamp_ms"].diff().dropna() < 0).any()  # late ones arrive out of order
+
+
+def test_generate_for_an_unknown_survey_says_so(run):
+    result = run("generate", "--survey", "nope", "--count", "5")
+    assert result.returncode != 0
+    assert "no survey 'nope'" in result.stderr and "Traceback" not in result.stderr
