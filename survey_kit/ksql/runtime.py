@@ -120,6 +120,7 @@ class EngineRuntime:
         data_dir: str | Path | None = None,
         properties: dict[str, str] | None = None,
         commit_interval_ms: int = 20,
+        min_commit_interval_ms: int = 5,
         commit_records: int = 20_000,
         punctuate_interval_ms: int = 1_000,
         batch_size: int = 5_000,
@@ -129,6 +130,7 @@ class EngineRuntime:
         self.data_dir = Path(data_dir) if data_dir else None
         self.properties = {**RUNTIME_DEFAULT_PROPERTIES, **(properties or {})}
         self.commit_interval = commit_interval_ms / 1000
+        self.min_commit_interval = min(min_commit_interval_ms, commit_interval_ms) / 1000
         self.commit_records = commit_records
         self.punctuate_interval = punctuate_interval_ms / 1000
         self.batch_size = batch_size
@@ -217,7 +219,12 @@ class EngineRuntime:
             if now - self._last_punctuate >= self.punctuate_interval:
                 self._last_punctuate = now
                 self._emit(self.engine.punctuate(int(time.time() * 1000)))
-            if self._uncommitted >= self.commit_records or now - self._last_commit >= self.commit_interval:
+            since_commit = now - self._last_commit
+            # caught up (the fetch drained what the consumer held): commit now rather than at the
+            # interval, so a trickle of entries is readable within a few ms (a commit takes ~5 ms on
+            # the embedded broker); busy, commit every interval so transactions stay large
+            caught_up = self._in_transaction and len(messages) < self.batch_size and since_commit >= self.min_commit_interval
+            if caught_up or self._uncommitted >= self.commit_records or since_commit >= self.commit_interval:
                 self._commit()
 
     # ------------------------------------------------------------ records
@@ -238,32 +245,45 @@ class EngineRuntime:
         return [first, *self._consumer.consume(self.batch_size - 1, 0)]
 
     def _process(self, messages) -> None:
-        engine = self.engine
-        positions = self._positions
-        produce = self._produce
+        """Feed a fetch to the engine, one run of consecutive records of a partition per `process_batch` call."""
         processed = 0
+        run: list[tuple] = []
+        run_partition: tuple[str, int] | None = None
         for message in messages:
             error = message.error()
             if error is not None:
+                processed += self._process_run(run_partition, run)
+                run = []
                 self._consumer_error(error)
                 continue
-            topic, partition, offset = message.topic(), message.partition(), message.offset()
-            if (topic, partition) not in self._assigned:
-                continue  # a partition released since the fetch (its topic no longer read)
-            timestamp = message.timestamp()[1]
-            outputs = engine.process(topic, partition, offset, timestamp, message.key(), message.value(), message.headers() or ())
-            positions[(topic, partition)] = offset + 1
-            processed += 1
-            if outputs:
-                self._begin()
-                for out in outputs:
-                    produce(out, partition)
+            where = (message.topic(), message.partition())
+            if where != run_partition:
+                processed += self._process_run(run_partition, run)
+                run, run_partition = [], where
+                if where not in self._assigned:
+                    run_partition = None  # a partition released since the fetch (its topic no longer read)
+            if run_partition is not None:
+                run.append((where[0], where[1], message.offset(), message.timestamp()[1], message.key(), message.value(), message.headers() or ()))
+        processed += self._process_run(run_partition, run)
         if processed:
             self._begin()  # offsets advanced: they are committed in a transaction even without outputs
             self._uncommitted += processed
             self.metrics.records_in += processed
         if processed and self._outage is not None:
             self._recovered()
+
+    def _process_run(self, where: tuple[str, int] | None, run: list[tuple]) -> int:
+        """Process records of one partition, in offset order; produce the outputs; return how many."""
+        if where is None or not run:
+            return 0
+        outputs = self.engine.process_batch(run)
+        self._positions[where] = run[-1][2] + 1
+        if outputs:
+            self._begin()
+            produce, partition = self._produce, where[1]
+            for out in outputs:
+                produce(out, partition)
+        return len(run)
 
     def _emit(self, outputs: list[OutputRecord]) -> None:
         if outputs:
