@@ -27,6 +27,7 @@ from .types import KsqlError
 
 DEAD_LETTER_TOPIC = "survey_kit.dead.letter.topic"
 DEFAULT_DEAD_LETTER_TOPIC = "ksql-dead-letters"
+_UNDECODED = object()
 
 
 @dataclass
@@ -61,7 +62,7 @@ class Engine:
         self.metrics = EngineMetrics()
         self._serdes: dict[str, Serdes] = {}
         self._query_counter = 0
-        self._readers: dict[str, list[PersistentQuery]] = {}
+        self._readers: dict[str, list[tuple[PersistentQuery, DataSource]]] = {}
         self._readers_key: tuple = ()
 
     # ------------------------------------------------------------ statements
@@ -244,14 +245,34 @@ class Engine:
         A record its source's formats cannot read becomes a dead-letter record
         (JSON with the error and the source topic/partition/offset) instead.
         """
-        self.metrics.records_in += 1
         outputs: list[OutputRecord] = []
+        self._process_record(self._readers_of(topic), outputs, topic, partition, offset, timestamp, key, value, headers)
+        return outputs
+
+    def process_batch(self, records) -> list[OutputRecord]:
+        """`process` for a whole fetch: `records` are (topic, partition, offset, timestamp, key, value[, headers]) tuples.
+
+        The same outputs, in the same order, as calling `process` on each in turn;
+        the queries reading a topic are looked up once per run of records of that topic.
+        """
+        outputs: list[OutputRecord] = []
+        process_record = self._process_record
+        topic, readers = None, []
+        for record in records:
+            if record[0] != topic:
+                topic = record[0]
+                readers = self._readers_of(topic)
+            process_record(readers, outputs, *record)
+        return outputs
+
+    def _process_record(self, readers, outputs, topic, partition, offset, timestamp, key, value, headers=()) -> None:
+        """Decode the record once per source and feed it to each reader (query, source); outputs are appended."""
+        self.metrics.records_in += 1
         decoded: dict[str, InputRecord | None] = {}
-        for query in self._readers_of(topic):
-            source = query.plan.join.table if (query.plan.join and query.plan.join.table.topic == topic) else query.plan.source
-            if source.name not in decoded:
-                decoded[source.name] = self._decode(source, topic, partition, offset, timestamp, key, value, headers, outputs)
-            record = decoded[source.name]
+        for query, source in readers:
+            record = decoded.get(source.name, _UNDECODED)
+            if record is _UNDECODED:
+                record = decoded[source.name] = self._decode(source, topic, partition, offset, timestamp, key, value, headers, outputs)
             if record is None:
                 continue
             try:
@@ -260,27 +281,17 @@ class Engine:
                 self.metrics.dead_letters += 1
                 error = f"query {query.query_id} failed on this record: {type(exc).__name__}: {exc}"
                 outputs.append(self._dead_letter(source, topic, partition, offset, timestamp, key, value, error))
-        return outputs
 
-    def process_batch(self, records) -> list[OutputRecord]:
-        """`process` for a whole fetch: `records` are (topic, partition, offset, timestamp, key, value[, headers]) tuples.
-
-        The same outputs, in the same order, as calling `process` on each in turn.
-        """
-        outputs: list[OutputRecord] = []
-        process = self.process
-        for record in records:
-            outputs += process(*record)
-        return outputs
-
-    def _readers_of(self, topic: str) -> list[PersistentQuery]:
-        """The queries reading `topic` (cached until the set of queries changes)."""
-        ids = tuple(self.queries)
+    def _readers_of(self, topic: str) -> list[tuple[PersistentQuery, DataSource]]:
+        """The queries reading `topic`, each with the source it reads there (cached until the set of queries changes)."""
+        ids = tuple(self.queries.values())  # the query objects: CREATE OR REPLACE keeps the id but not the object
         if self._readers_key != ids:
             self._readers = {}
             for query in self.queries.values():
                 for source_topic in query.source_topics:
-                    self._readers.setdefault(source_topic, []).append(query)
+                    join = query.plan.join
+                    source = join.table if (join and join.table.topic == source_topic) else query.plan.source
+                    self._readers.setdefault(source_topic, []).append((query, source))
             self._readers_key = ids
         return self._readers.get(topic, [])
 
