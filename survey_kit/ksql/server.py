@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import gc
 import json
 import logging
 import socket
@@ -256,6 +257,10 @@ def serve(cluster: Cluster, host: str = "127.0.0.1", port: int = 8088, data_dir:
         print(f"error: port {port} on {host} is in use: stop what runs there or pick another port (--port)", file=sys.stderr)
         return 2
     runtime = EngineRuntime(cluster, engine_id=engine_id, data_dir=data_dir, commit_interval_ms=commit_interval_ms)
+    # Everything loaded so far (modules, the grammar, the clients) lives as long as the process: keep it
+    # out of the cyclic GC, whose full collections otherwise paused the engine ~40 ms (the p99 update latency).
+    gc.collect()
+    gc.freeze()
     print(f"ksql engine {engine_id} on http://{host}:{port} (Kafka {cluster.bootstrap_servers}, registry {cluster.schema_registry_url})", file=sys.stderr, flush=True)
     uvicorn.run(create_app(runtime), host=host, port=port, log_level="warning")
     return 0
