@@ -114,7 +114,7 @@ def main(argv: list[str] | None = None) -> int:
     engine, STORE = pipeline_engine()
     questions, entries = inputs(STORE, args.entries, start_ms=1_700_000_000_000)
     print(f"{args.entries:,} entries, {SURVEYS} surveys, commit every {args.commit_every:,} records")
-    ceiling_rate = ceiling(entries)
+    ceiling_rate = max(ceiling(entries) for _ in range(3))  # best of three: other work on a shared machine only slows it
     print(f"ceiling (Avro decode only): {ceiling_rate:,.0f} entries/s")
     if args.profile:
         import cProfile
