@@ -27,8 +27,9 @@ down: install
 status: install
 	$(BIN)/survey-kit status
 
+# JupyterLab refuses to run as root without --allow-root (containers and CI machines often are root).
 lab: up
-	$(BIN)/jupyter lab --notebook-dir=notebooks --ip=127.0.0.1
+	$(BIN)/jupyter lab --notebook-dir=notebooks --ip=127.0.0.1 $$([ "$$(id -u)" = 0 ] && echo --allow-root)
 
 # The whole data path on the embedded stack: bot, 300 simulated respondents, ksql pipeline, comparison, report.
 demo: install
