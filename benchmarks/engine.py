@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import random
 import resource
 import statistics
 import subprocess
@@ -46,10 +45,9 @@ from survey_kit.stack.processes import free_port  # noqa: E402
 from survey_kit.schemas import load_schema  # noqa: E402
 from survey_kit.stack import EmbeddedStack  # noqa: E402
 from survey_kit.topics import create_topics  # noqa: E402
+from workload import OPTIONS, SURVEYS, entry_pool, question  # noqa: E402  (benchmarks/, the script's folder)
 
 KSQL_DIR = Path(__file__).resolve().parent.parent / "ksql"
-OPTIONS = ["Pumpkin Pie", "Pecan Pie", "Apple Pie", "Thanksgiving Leftover Pot Pie", "Other"]
-SURVEYS = 20
 
 
 def produce_entries(cluster, count: int, start_ms: int) -> None:
@@ -57,14 +55,7 @@ def produce_entries(cluster, count: int, start_ms: int) -> None:
     topic = cluster.topics.entries
     serializer = AvroSerializer(cluster.registry(), load_schema("survey-entries"))
     context = SerializationContext(topic, MessageField.VALUE)
-    rng = random.Random(7)
-    pool = []
-    for user in range(5_000):
-        survey_id = str(user % SURVEYS)
-        entry = {"survey_id": survey_id, "user_id": str(user), "name": f"Respondent {user}",
-                 "company": rng.choice([None, "Acme", "Initech"]), "location": rng.choice([None, "Lisbon", "Austin"]),
-                 "response": rng.choice(OPTIONS)}
-        pool.append((survey_id.encode(), serializer(entry, context)))
+    pool = [(entry["survey_id"].encode(), serializer(entry, context)) for entry in entry_pool()]
     producer = Producer(cluster.producer_config(**{"linger.ms": 50, "batch.num.messages": 10_000,
                                                    "queue.buffering.max.messages": 500_000}))
     for i in range(count):
@@ -87,9 +78,7 @@ def produce_questions(cluster, start_ms: int) -> None:
     context = SerializationContext(topic, MessageField.VALUE)
     producer = Producer(cluster.producer_config())
     for survey in range(SURVEYS):
-        question = {"survey_id": str(survey), "question": f"Question {survey}?", "summary": f"Q{survey}",
-                    "options": OPTIONS, "enabled": True}
-        producer.produce(topic, key=str(survey).encode(), value=serializer(question, context), timestamp=start_ms)
+        producer.produce(topic, key=str(survey).encode(), value=serializer(question(survey), context), timestamp=start_ms)
     producer.flush(30)
 
 

@@ -17,7 +17,6 @@ from __future__ import annotations
 import argparse
 import io
 import json
-import random
 import struct
 import sys
 import time
@@ -32,10 +31,9 @@ from survey_kit.ksql.formats import InMemorySchemaStore  # noqa: E402
 from survey_kit.ksql.pipeline import read_pipeline  # noqa: E402
 from survey_kit.ksql.runtime import RUNTIME_DEFAULT_PROPERTIES  # noqa: E402
 from survey_kit.schemas import load_schema  # noqa: E402
+from workload import SURVEYS, entry_pool, question  # noqa: E402  (benchmarks/, the script's folder)
 
 KSQL_DIR = Path(__file__).resolve().parent.parent / "ksql"
-OPTIONS = ["Pumpkin Pie", "Pecan Pie", "Apple Pie", "Thanksgiving Leftover Pot Pie", "Other"]
-SURVEYS = 20
 
 
 def avro_bytes(schema_id: int, parsed, record: dict) -> bytes:
@@ -62,18 +60,10 @@ def inputs(store: InMemorySchemaStore, count: int, start_ms: int) -> tuple[list,
     entry_parsed = fastavro.parse_schema(json.loads(entry_schema))
     question_parsed = fastavro.parse_schema(json.loads(question_schema))
     questions = [
-        ("survey-questions", 0, s, start_ms - 1, str(s).encode(), avro_bytes(question_id, question_parsed, {
-            "survey_id": str(s), "question": f"Question {s}?", "summary": f"Q{s}", "options": OPTIONS, "enabled": True}))
+        ("survey-questions", 0, s, start_ms - 1, str(s).encode(), avro_bytes(question_id, question_parsed, question(s)))
         for s in range(SURVEYS)
     ]
-    rng = random.Random(7)
-    pool = []
-    for user in range(5_000):
-        survey_id = str(user % SURVEYS)
-        entry = {"survey_id": survey_id, "user_id": str(user), "name": f"Respondent {user}",
-                 "company": rng.choice([None, "Acme", "Initech"]), "location": rng.choice([None, "Lisbon", "Austin"]),
-                 "response": rng.choice(OPTIONS)}
-        pool.append((survey_id.encode(), avro_bytes(entry_id, entry_parsed, entry)))
+    pool = [(entry["survey_id"].encode(), avro_bytes(entry_id, entry_parsed, entry)) for entry in entry_pool()]
     entries = [("survey-entries", 0, i, start_ms + i, *pool[i % len(pool)]) for i in range(count)]
     return questions, entries
 
