@@ -64,6 +64,22 @@ class Engine:
         self._query_counter = 0
         self._readers: dict[str, list[tuple[PersistentQuery, DataSource]]] = {}
         self._readers_key: tuple = ()
+        self._running: frozenset[str] | None = None  # None: every query runs here
+
+    def run_only(self, query_ids) -> None:
+        """Run only the queries `query_ids` in this engine (None: all of them, the default).
+
+        The others stay defined, so statements, SHOW and DESCRIBE see the whole
+        pipeline; another engine (a worker process of the runtime) runs them.
+        A query created later runs only once named here.
+        """
+        self._running = None if query_ids is None else frozenset(query_ids)
+
+    def running_queries(self) -> list[PersistentQuery]:
+        """The queries this engine runs (see `run_only`), in creation order."""
+        if self._running is None:
+            return list(self.queries.values())
+        return [q for q in self.queries.values() if q.query_id in self._running]
 
     # ------------------------------------------------------------ statements
 
@@ -226,7 +242,7 @@ class Engine:
     def source_topics(self) -> list[str]:
         """The topics the running queries read, in a stable order."""
         topics: list[str] = []
-        for query in self.queries.values():
+        for query in self.running_queries():
             for topic in query.source_topics:
                 if topic not in topics:
                     topics.append(topic)
@@ -284,10 +300,10 @@ class Engine:
 
     def _readers_of(self, topic: str) -> list[tuple[PersistentQuery, DataSource]]:
         """The queries reading `topic`, each with the source it reads there (cached until the set of queries changes)."""
-        ids = tuple(self.queries.values())  # the query objects: CREATE OR REPLACE keeps the id but not the object
+        ids = (tuple(self.queries.values()), self._running)  # the query objects: CREATE OR REPLACE keeps the id but not the object
         if self._readers_key != ids:
             self._readers = {}
-            for query in self.queries.values():
+            for query in self.running_queries():
                 for source_topic in query.source_topics:
                     join = query.plan.join
                     source = join.table if (join and join.table.topic == source_topic) else query.plan.source
@@ -328,14 +344,14 @@ class Engine:
     def punctuate(self, wall_clock_ms: int) -> list[OutputRecord]:
         """Wall-clock work: with `survey_kit.emit.final.wall.clock`='true', close due EMIT FINAL windows."""
         outputs = []
-        for query in self.queries.values():
+        for query in self.running_queries():
             outputs += query.punctuate(wall_clock_ms)
         return outputs
 
     def flush(self) -> list[OutputRecord]:
         """Updates coalesced by the record cache (only when caching is on); call before each commit."""
         outputs = []
-        for query in self.queries.values():
+        for query in self.running_queries():
             outputs += query.flush()
         return outputs
 
@@ -343,7 +359,7 @@ class Engine:
 
     def drain_changes(self) -> list[tuple[str, str, str, object]]:
         """State changes since the last call: (query id, store, encoded key, value or None)."""
-        return [(query_id, store, key, value) for query_id, query in self.queries.items() for store, key, value in query.stores.drain_changes()]
+        return [(query.query_id, store, key, value) for query in self.running_queries() for store, key, value in query.stores.drain_changes()]
 
     def apply_changes(self, changes) -> None:
         """Replay changes from a changelog (as returned by `drain_changes`)."""
