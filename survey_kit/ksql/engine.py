@@ -27,7 +27,6 @@ from .types import KsqlError
 
 DEAD_LETTER_TOPIC = "survey_kit.dead.letter.topic"
 DEFAULT_DEAD_LETTER_TOPIC = "ksql-dead-letters"
-_UNDECODED = object()
 
 
 @dataclass
@@ -261,42 +260,69 @@ class Engine:
         A record its source's formats cannot read becomes a dead-letter record
         (JSON with the error and the source topic/partition/offset) instead.
         """
-        outputs: list[OutputRecord] = []
-        self._process_record(self._readers_of(topic), outputs, topic, partition, offset, timestamp, key, value, headers)
-        return outputs
+        return self.process_batch([(topic, partition, offset, timestamp, key, value, headers)])
 
     def process_batch(self, records) -> list[OutputRecord]:
         """`process` for a whole fetch: `records` are (topic, partition, offset, timestamp, key, value[, headers]) tuples.
 
-        The same outputs, in the same order, as calling `process` on each in turn;
-        the queries reading a topic are looked up once per run of records of that topic.
+        Each run of consecutive records of one topic is decoded once per source
+        and then handed to each query reading it as one batch. Every output
+        topic gets the records it would get from calling `process` on each record
+        in turn, in the same order; only the interleaving of different topics
+        differs (the outputs of one query come together). Dead letters come
+        last, in record order.
         """
+        records = records if isinstance(records, list) else list(records)
         outputs: list[OutputRecord] = []
-        process_record = self._process_record
-        topic, readers = None, []
-        for record in records:
-            if record[0] != topic:
-                topic = record[0]
-                readers = self._readers_of(topic)
-            process_record(readers, outputs, *record)
+        dead_letters: list[tuple[int, int, OutputRecord]] = []  # (record index, reader index, dead letter)
+        start, count = 0, len(records)
+        while start < count:
+            topic = records[start][0]
+            end = start + 1
+            while end < count and records[end][0] == topic:
+                end += 1
+            self._process_run(topic, records[start:end] if start or end < count else records, start, outputs, dead_letters)
+            start = end
+        if dead_letters:
+            dead_letters.sort(key=lambda d: (d[0], d[1]))
+            outputs += [letter for _, _, letter in dead_letters]
         return outputs
 
-    def _process_record(self, readers, outputs, topic, partition, offset, timestamp, key, value, headers=()) -> None:
-        """Decode the record once per source and feed it to each reader (query, source); outputs are appended."""
-        self.metrics.records_in += 1
-        decoded: dict[str, InputRecord | None] = {}
-        for query, source in readers:
-            record = decoded.get(source.name, _UNDECODED)
-            if record is _UNDECODED:
-                record = decoded[source.name] = self._decode(source, topic, partition, offset, timestamp, key, value, headers, outputs)
-            if record is None:
-                continue
+    def _process_run(self, topic: str, run: list[tuple], first_index: int, outputs: list, dead_letters: list) -> None:
+        """Records of one topic: decoded once per source, then processed by each query reading them, one query after the other."""
+        self.metrics.records_in += len(run)
+        decoded: dict[str, tuple[list[InputRecord], list[int]]] = {}
+        for reader_index, (query, source) in enumerate(self._readers_of(topic)):
+            inputs = decoded.get(source.name)
+            if inputs is None:
+                inputs = decoded[source.name] = self._decode_run(source, run, first_index, reader_index, dead_letters)
+            failures = query.process_batch(source, inputs[0], outputs)
+            if failures:  # a defect or an unwritable result must not stop the other records or queries
+                index_of = {id(record): index for record, index in zip(*inputs)}
+                for record, exc in failures:
+                    index = index_of[id(record)]
+                    self.metrics.dead_letters += 1
+                    error = f"query {query.query_id} failed on this record: {type(exc).__name__}: {exc}"
+                    dead_letters.append((first_index + index, reader_index, self._dead_letter(source, *run[index][:6], error)))
+
+    def _decode_run(self, source: DataSource, run: list[tuple], first_index: int, reader_index: int, dead_letters: list) -> tuple[list[InputRecord], list[int]]:
+        """The records of `run` that `source`'s formats read, and their indexes in the run; the others become dead letters."""
+        serdes = self._serdes[source.name]
+        key_of, value_of = serdes.key.deserialize, serdes.value.deserialize
+        inputs: list[InputRecord] = []
+        indexes: list[int] = []
+        for index, record in enumerate(run):
             try:
-                outputs += query.process(source, record)
-            except Exception as exc:  # a defect or an unwritable result must not stop the other queries
+                key_values, window_start = key_of(record[4])
+                row = value_of(record[5])
+            except RecordError as exc:
                 self.metrics.dead_letters += 1
-                error = f"query {query.query_id} failed on this record: {type(exc).__name__}: {exc}"
-                outputs.append(self._dead_letter(source, topic, partition, offset, timestamp, key, value, error))
+                dead_letters.append((first_index + index, reader_index, self._dead_letter(source, *record[:6], str(exc))))
+                continue
+            headers = record[6] if len(record) > 6 else None
+            inputs.append(InputRecord(record[0], record[1], record[2], record[3], key_values, window_start, row, tuple(headers) if headers else ()))
+            indexes.append(index)
+        return inputs, indexes
 
     def _readers_of(self, topic: str) -> list[tuple[PersistentQuery, DataSource]]:
         """The queries reading `topic`, each with the source it reads there (cached until the set of queries changes)."""
@@ -310,17 +336,6 @@ class Engine:
                     self._readers.setdefault(source_topic, []).append((query, source))
             self._readers_key = ids
         return self._readers.get(topic, [])
-
-    def _decode(self, source, topic, partition, offset, timestamp, key, value, headers, outputs) -> InputRecord | None:
-        serdes = self._serdes[source.name]
-        try:
-            key_values, window_start = serdes.key.deserialize(key)
-            row = serdes.value.deserialize(value)
-        except RecordError as exc:
-            self.metrics.dead_letters += 1
-            outputs.append(self._dead_letter(source, topic, partition, offset, timestamp, key, value, str(exc)))
-            return None
-        return InputRecord(topic, partition, offset, timestamp, key_values, window_start, row, tuple(headers or ()))
 
     def _dead_letter(self, source, topic, partition, offset, timestamp, key, value, error) -> OutputRecord:
         body = {

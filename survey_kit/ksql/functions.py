@@ -4,6 +4,11 @@ Scalar functions take already-evaluated arguments; like ksqlDB, most return
 NULL when an argument is NULL. Aggregates keep a plain, JSON-friendly state so
 the runtime can write it to a changelog: `init()`, `add(state, value)`,
 `undo(state, value)` (only for those usable on tables), `result(state)`.
+
+`add` and `undo` may change a mutable state (HISTOGRAM's dict) in place and
+return it: the caller owns the state it passes. A state that others may hold
+(the store, the record cache, the changelog) is first copied with `copy(state)`;
+the operators do so once per key per batch of records, not once per record.
 """
 
 from __future__ import annotations
@@ -174,6 +179,10 @@ class Aggregate:
     def init(self):
         return None
 
+    def copy(self, state):
+        """A copy of `state` that `add` and `undo` may change in place (states of immutable values are shared)."""
+        return state
+
     def add(self, state, value):
         raise NotImplementedError
 
@@ -279,25 +288,24 @@ class Histogram(Aggregate):
     def init(self):
         return {}
 
+    def copy(self, state):
+        return dict(state)
+
     def add(self, state, value):
-        if value is None:
-            return state
-        if value in state or len(state) < HISTOGRAM_LIMIT:
-            state = dict(state)
+        if value is not None and (value in state or len(state) < HISTOGRAM_LIMIT):
             state[value] = state.get(value, 0) + 1
         return state
 
     def undo(self, state, value):
         if value is None or value not in state:
             return state
-        state = dict(state)
         state[value] -= 1
         if state[value] <= 0:
             del state[value]
         return state
 
     def result(self, state):
-        return dict(state)
+        return dict(state)  # a copy: the state goes on changing after the result is taken
 
 
 AGGREGATE_NAMES = {"COUNT", "SUM", "MIN", "MAX", "LATEST_BY_OFFSET", "HISTOGRAM"}

@@ -17,6 +17,7 @@ retract a row's old value before adding its new one.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from operator import call
 from typing import Any
 
 from .expressions import Compiled, dict_evaluator, evaluate_safely, tuple_evaluator
@@ -80,7 +81,13 @@ def _truthy(fn, row) -> bool:
 
 
 class PersistentQuery:
-    """One running CREATE ... AS SELECT: its operators and its state."""
+    """One running CREATE ... AS SELECT: its operators and its state.
+
+    Records go in by batches (`process_batch`): each operator is one loop over
+    a batch, with what it needs per record looked up once per batch. Aggregate
+    states are copied once per key and batch and then updated in place (see
+    `_own`), so a batch of updates to few keys costs little more than the adds.
+    """
 
     def __init__(self, plan: QueryPlan, sink_serdes: Serdes, properties: dict[str, str]):
         self.plan = plan
@@ -101,17 +108,22 @@ class PersistentQuery:
         # rows are built by closures made once per query, not by walking the columns per record
         self._source_prefix = plan.slot_prefix[plan.source_alias]
         self._build_source_row = row_builder(plan.source, self._source_prefix)
+        self._join = plan.join
         if plan.join is not None:
             self._table_prefix = plan.slot_prefix[plan.join.table_alias]
             self._build_table_row = row_builder(plan.join.table, self._table_prefix)
             self._join_key_of = plan.join.stream_key.fn
+            self._join_key_slot = plan.join.stream_key.slot  # a plain column: read it, no evaluation
             self._no_table_row = {self._table_prefix + c.name: None for c in plan.join.table.columns}
         self._where = plan.where.fn if plan.where is not None else None
         if plan.aggregation is not None:
             agg = plan.aggregation
             self._group_of = tuple_evaluator(agg.group_by)
+            # group keys of plain types are store keys as they are; STRUCT/MAP/ARRAY parts (or unknown types) are frozen
+            self._freeze = _hashable if any(g.type is None or g.type.base in ("STRUCT", "MAP", "ARRAY") for g in agg.group_by) else None
             self._arguments_of = tuple_evaluator([c.argument or _NONE for c in agg.calls])
             self._inits = [c.aggregate.init for c in agg.calls]
+            self._copiers = [c.aggregate.copy for c in agg.calls]
             self._adders = [c.aggregate.add for c in agg.calls]
             self._undoers = [c.aggregate.undo for c in agg.calls]
             self._results = [(f"__a{j}", c.aggregate.result) for j, c in enumerate(agg.calls)]
@@ -120,13 +132,16 @@ class PersistentQuery:
             self._having = agg.having.fn if agg.having is not None else None
         # the operator for this kind of query, chosen once
         if plan.aggregation is None:
-            self._handle = self._project_stream
+            self._run = self._project_stream
         elif plan.aggregation.table_source:
-            self._handle = self._aggregate_table
+            self._run = self._aggregate_table
         elif plan.aggregation.window is None:
-            self._handle = self._aggregate_stream
+            self._run = self._aggregate_stream
         else:
-            self._handle = self._aggregate_windowed
+            self._run = self._aggregate_windowed
+        # EMIT CHANGES windows: per partition, the stream time - grace at which closed windows are next forgotten
+        # (memory only: after a restart the first record scans the store)
+        self._next_expiry: dict[int, int] = {}
 
     @property
     def query_id(self) -> str:
@@ -138,16 +153,31 @@ class PersistentQuery:
 
     # ------------------------------------------------------------ entry points
 
-    def process(self, source: DataSource, record: InputRecord) -> list[OutputRecord]:
+    def process_batch(self, source: DataSource, records: list[InputRecord], outputs: list[OutputRecord]) -> list[tuple[InputRecord, Exception]]:
+        """Run the query over `records` of `source`, in order; append what it produces to `outputs`.
+
+        Returns the records it failed on, each with its error: a failing record
+        never stops the others. The outputs are those of processing the records
+        one by one, in the same order.
+        """
         metrics = self.metrics
-        metrics.processed += 1
-        join = self.plan.join
+        metrics.processed += len(records)
+        emitted_before = len(outputs)
+        failures: list[tuple[InputRecord, Exception]] = []
+        join = self._join
         if join is not None and source is join.table:
-            self._update_join_table(record)
-            return []
-        outputs = self._handle(record)  # never holds None
-        if outputs:
-            metrics.emitted += len(outputs)
+            self._update_join_table(records, failures)
+        else:
+            self._run(records, outputs, failures)
+        metrics.emitted += len(outputs) - emitted_before
+        return failures
+
+    def process(self, source: DataSource, record: InputRecord) -> list[OutputRecord]:
+        """`process_batch` for one record; its error, if any, is raised."""
+        outputs: list[OutputRecord] = []
+        failures = self.process_batch(source, [record], outputs)
+        if failures:
+            raise failures[0][1]
         return outputs
 
     def flush(self) -> list[OutputRecord]:
@@ -161,6 +191,7 @@ class PersistentQuery:
         for key, value, timestamp, window_start, state in self._cache.values():
             if state is not None:
                 value = self._value_of(self._post_row(key, state, window_start))
+                timestamp = state["ts"]
             outputs.append(self._serialize(key, value, timestamp, window_start))
         self._cache.clear()
         self.metrics.emitted += len(outputs)
@@ -175,14 +206,14 @@ class PersistentQuery:
         close = wall_clock_ms - window.grace_ms
         meta = self.stores.get("meta")
         windows = self.stores.get("windows")
-        outputs = []
+        outputs: list[OutputRecord] = []
         partitions = {k[0] for k, _ in windows.items()}
         for partition in sorted(partitions):
             due = sorted(
                 ((start, key), state) for (p, start, key), state in windows.items() if p == partition and start + window.size_ms <= close
             )
             for (start, key), state in due:
-                outputs += _present([self._aggregate_output(tuple(state["key"]), state, start)])
+                self._emit_update(tuple(state["key"]), state, start, False, outputs)
                 windows.delete((partition, start, key))
             wall = meta.get(("wall_close", partition))
             if wall is None or close > wall:
@@ -192,95 +223,101 @@ class PersistentQuery:
 
     # ------------------------------------------------------------ rows
 
-    def _source_row(self, record: InputRecord) -> dict[str, Any]:
-        """The record as a row of the query's source slots (shared by the queries reading it: do not modify)."""
-        rows = record.rows
-        row = rows.get(self._source_prefix)
-        if row is None:
-            row = rows[self._source_prefix] = self._build_source_row(record)
-        return row
+    def _input_rows(self, records: list[InputRecord], failures: list) -> list[tuple[InputRecord, dict]]:
+        """The stream records that carry a value, each with its row: joined with the table, kept by WHERE.
 
-    def _input_row(self, record: InputRecord) -> dict | None:
-        """The joined and filtered row of a stream record, or None when it is dropped."""
-        row = self._source_row(record)
-        if self.plan.join is not None:
-            row = dict(row)
-            join_key = evaluate_safely(self._join_key_of, row)
-            table_row = self.stores.get("join_table").get((join_key,)) if join_key is not None else None
-            if table_row is None:
-                if self.plan.join.kind == "INNER":
-                    return None
-                row.update(self._no_table_row)
-            else:
-                row.update(table_row)
-        if self._where is not None and evaluate_safely(self._where, row) is not True:
-            return None
-        return row
-
-    def _update_join_table(self, record: InputRecord) -> None:
-        if not record.key or record.key[0] is None:
-            self.metrics.null_key_dropped += 1
-            return
-        table = self.stores.get("join_table")
-        if record.value is None:
-            table.delete(record.key)
-            return
-        rows = record.rows
-        row = rows.get(self._table_prefix)
-        if row is None:
-            row = rows[self._table_prefix] = self._build_table_row(record)
-        table.put(record.key, row)
-
-    def _output(self, key: tuple, value: dict | None, timestamp: int, window_start: int | None = None, state: dict | None = None) -> OutputRecord | None:
-        """The output record, or None when the record cache holds it until the next flush.
-
-        With `state` given (and `value` None), the cache computes the value from the
-        aggregate state at the flush, once per key, instead of once per update
-        (aggregate states are never changed in place, so the result is the same).
+        A record's own row is built once and shared by the queries reading it
+        (`InputRecord.rows`, by slot prefix): it is never changed; a join makes
+        a new row.
         """
-        if self.caching:
-            cache_key = (_hashable(key), window_start)
-            cache = self._cache
-            cache.pop(cache_key, None)  # re-inserted last: updates leave in the order of their latest change
-            cache[cache_key] = (key, value, timestamp, window_start, state)
-            return None
-        if state is not None:
-            value = self._value_of(self._post_row(key, state, window_start))
-        return self._serialize(key, value, timestamp, window_start)
+        prefix, build = self._source_prefix, self._build_source_row
+        join, where = self._join, self._where
+        if join is not None:
+            table_get = self.stores.get("join_table").get
+            join_key_slot, join_key_of = self._join_key_slot, self._join_key_of
+            no_table_row, inner = self._no_table_row, join.kind == "INNER"
+        kept: list[tuple[InputRecord, dict]] = []
+        keep = kept.append
+        for record in records:
+            if record.value is None:  # a null value is no event on a stream
+                continue
+            try:
+                rows = record.rows
+                row = rows.get(prefix)
+                if row is None:
+                    row = rows[prefix] = build(record)
+                if join is not None:
+                    join_key = row.get(join_key_slot) if join_key_slot is not None else evaluate_safely(join_key_of, row)
+                    table_row = table_get((join_key,)) if join_key is not None else None
+                    if table_row is None:
+                        if inner:
+                            continue
+                        table_row = no_table_row
+                    row = {**row, **table_row}
+                if where is not None and evaluate_safely(where, row) is not True:
+                    continue
+                keep((record, row))
+            except Exception as exc:
+                failures.append((record, exc))
+        return kept
+
+    def _update_join_table(self, records: list[InputRecord], failures: list) -> None:
+        """Keep the joined table's rows by key (a null value deletes the row)."""
+        table = self.stores.get("join_table")
+        prefix, build = self._table_prefix, self._build_table_row
+        for record in records:
+            try:
+                if not record.key or record.key[0] is None:
+                    self.metrics.null_key_dropped += 1
+                    continue
+                if record.value is None:
+                    table.delete(record.key)
+                    continue
+                rows = record.rows
+                row = rows.get(prefix)
+                if row is None:
+                    row = rows[prefix] = build(record)
+                table.put(record.key, row)
+            except Exception as exc:
+                failures.append((record, exc))
 
     def _serialize(self, key: tuple, value: dict | None, timestamp: int, window_start: int | None) -> OutputRecord:
         return OutputRecord(self._sink_topic, self._serialize_key(key, window_start), self._serialize_value(value), timestamp)
 
     # ------------------------------------------------------------ stream projection
 
-    def _project_stream(self, record: InputRecord) -> list[OutputRecord]:
-        if record.value is None:
-            return []
-        row = self._input_row(record)
-        if row is None:
-            return []
+    def _project_stream(self, records: list[InputRecord], outputs: list[OutputRecord], failures: list) -> None:
         # a projection never goes through the record cache (only aggregations do): serialize directly
-        return [self._serialize(self._key_of(row), self._value_of(row), record.timestamp, record.window_start)]
+        topic, key_of, value_of = self._sink_topic, self._key_of, self._value_of
+        serialize_key, serialize_value = self._serialize_key, self._serialize_value
+        emit = outputs.append
+        for record, row in self._input_rows(records, failures):
+            try:
+                emit(OutputRecord(topic, serialize_key(key_of(row), record.window_start), serialize_value(value_of(row)), record.timestamp))
+            except Exception as exc:
+                failures.append((record, exc))
 
     # ------------------------------------------------------------ aggregation
 
-    def _group_key(self, row: dict) -> tuple | None:
-        key = self._group_of(row)
-        if None in key:
-            return None
-        return key
+    def _own(self, store, store_key: tuple, key: tuple, stored: dict | None, timestamp: int) -> dict:
+        """The state of `key` for this batch to update in place, put in `store`.
 
-    def _arguments(self, row: dict) -> tuple:
-        return self._arguments_of(row)
+        A copy of the stored state (others may hold that one: the record cache,
+        the changelog, an output not yet serialized), or a new state stamped
+        `timestamp`. Copied once per key per batch, not once per record.
+        """
+        if stored is None:
+            state = {"aggs": [init() for init in self._inits], "ts": timestamp, "key": list(key)}
+        else:
+            state = {"aggs": [copy(s) for copy, s in zip(self._copiers, stored["aggs"])], "ts": stored["ts"], "key": stored["key"]}
+        store.put(store_key, state)
+        return state
 
-    def _initial(self) -> list:
-        return [init() for init in self._inits]
-
-    def _add(self, states: list, args: list) -> list:
-        return [add(s, a) for add, s, a in zip(self._adders, states, args)]
-
-    def _undo(self, states: list, args: list) -> list:
-        return [undo(s, a) for undo, s, a in zip(self._undoers, states, args)]
+    def _add(self, state: dict, row: dict, timestamp: int) -> None:
+        """Add the row's aggregate arguments to an owned state (see `_own`); its timestamp is the latest."""
+        state["aggs"] = list(map(call, self._adders, state["aggs"], self._arguments_of(row)))
+        if timestamp > state["ts"]:
+            state["ts"] = timestamp
 
     def _post_row(self, key: tuple, state: dict, window_start: int | None) -> dict[str, Any]:
         post: dict[str, Any] = dict(zip(self._key_slots, key))
@@ -291,185 +328,268 @@ class PersistentQuery:
             post["WINDOWEND"] = window_start + self._window_size
         return post
 
-    def _passes_having(self, key: tuple, state: dict | None, window_start: int | None = None) -> bool:
-        if state is None:
-            return False
+    def _passes_having(self, key: tuple, state: dict, window_start: int | None) -> bool:
         return self._having is None or _truthy(self._having, self._post_row(key, state, window_start))
 
-    def _aggregate_output(self, key: tuple, state: dict, window_start: int | None = None, old: dict | None = None) -> OutputRecord | None:
-        """The sink record for an aggregate update.
+    def _emit_update(self, key: tuple, state: dict, window_start: int | None, old_passed: bool, outputs: list[OutputRecord]) -> None:
+        """Write an aggregate's new state to the sink, or hand it to the record cache.
 
         When HAVING rejects the new value, a tombstone retracts the key if its
-        previous value was in the table, and nothing is written otherwise (as
-        ksqlDB's table filter does).
+        previous value was in the table (`old_passed`), and nothing is written
+        otherwise (as ksqlDB's table filter does). Without HAVING, the record
+        cache keeps the state itself and computes the value at the flush, once
+        per key (the state may still change in place within the batch: the
+        value is the latest).
         """
         if self._having is None:
-            return self._output(key, None, state["ts"], window_start, state)
+            if self.caching:
+                self._cache_put(key, window_start, (key, None, None, window_start, state))
+            else:
+                outputs.append(self._serialize(key, self._value_of(self._post_row(key, state, window_start)), state["ts"], window_start))
+            return
         post = self._post_row(key, state, window_start)
-        if not _truthy(self._having, post):
-            if not self._passes_having(key, old, window_start):
-                return None
+        if _truthy(self._having, post):
+            value = self._value_of(post)
+        elif old_passed:
             value = None
         else:
-            value = self._value_of(post)
-        return self._output(key, value, state["ts"], window_start)
+            return
+        if self.caching:
+            self._cache_put(key, window_start, (key, value, state["ts"], window_start, None))
+        else:
+            outputs.append(self._serialize(key, value, state["ts"], window_start))
 
-    def _aggregate_stream(self, record: InputRecord) -> list[OutputRecord]:
-        if record.value is None:
-            return []
-        row = self._input_row(record)
-        if row is None:
-            return []
-        key = self._group_of(row)
-        if None in key:
-            self.metrics.null_key_dropped += 1
-            return []
+    def _cache_put(self, key: tuple, window_start: int | None, entry: tuple) -> None:
+        cache_key = (_hashable(key), window_start)
+        cache = self._cache
+        cache.pop(cache_key, None)  # re-inserted last: updates leave in the order of their latest change
+        cache[cache_key] = entry
+
+    def _aggregate_stream(self, records: list[InputRecord], outputs: list[OutputRecord], failures: list) -> None:
         store = self.stores.get("aggregates")
-        store_key = _hashable(key)
-        old = store.get(store_key)
-        states = old["aggs"] if old else self._initial()
-        timestamp = max(record.timestamp, old["ts"]) if old else record.timestamp
-        new = {"aggs": self._add(states, self._arguments_of(row)), "ts": timestamp, "key": list(key)}
-        store.put(store_key, new)
-        output = self._aggregate_output(key, new, old=old)
-        return [] if output is None else [output]
+        stored_state = store.get
+        group_of, freeze, having = self._group_of, self._freeze, self._having
+        own, add, emit_update = self._own, self._add, self._emit_update
+        owned: dict[tuple, dict] = {}  # the states this batch updates in place
+        metrics = self.metrics
+        for record, row in self._input_rows(records, failures):
+            try:
+                key = group_of(row)
+                if None in key:
+                    metrics.null_key_dropped += 1
+                    continue
+                store_key = key if freeze is None else freeze(key)
+                state = owned.get(store_key)
+                if state is None:
+                    stored = stored_state(store_key)
+                    state = owned[store_key] = own(store, store_key, key, stored, record.timestamp)
+                    existed = stored is not None
+                else:
+                    existed = True
+                old_passed = having is not None and existed and self._passes_having(key, state, None)  # before the add changes it
+                add(state, row, record.timestamp)
+                emit_update(key, state, None, old_passed, outputs)
+            except Exception as exc:
+                failures.append((record, exc))
 
-    def _aggregate_table(self, record: InputRecord) -> list[OutputRecord]:
-        plan = self.plan
-        if not record.key or any(v is None for v in record.key):
-            self.metrics.null_key_dropped += 1
-            return []
+    def _aggregate_table(self, records: list[InputRecord], outputs: list[OutputRecord], failures: list) -> None:
+        """Aggregate a table: a changed row retracts its old value (undo) before adding its new one."""
         table = self.stores.get("source_table")
-        old_row = table.get(record.key)
-        new_row = None
-        if record.value is not None:
-            new_row = self._source_row(record)
-            table.put(record.key, new_row)
-        else:
-            table.delete(record.key)
-
-        def pair(row):
-            if row is None or (plan.where is not None and not _truthy(plan.where.fn, row)):
-                return None
-            key = self._group_key(row)
-            return None if key is None else (key, self._arguments(row))
-
-        old_pair, new_pair = pair(old_row), pair(new_row)
         store = self.stores.get("aggregates")
-        outputs = []
+        prefix, build = self._source_prefix, self._build_source_row
+        owned: dict[tuple, dict] = {}
 
-        def apply(key, subtract, add):
-            current = store.get(_hashable(key))
-            states = current["aggs"] if current else self._initial()
-            timestamp = max(record.timestamp, current["ts"]) if current else record.timestamp
-            if subtract is not None and current is not None:
-                states = self._undo(states, subtract)
+        def grouped(row):
+            """(group key, aggregate arguments) of a table row, or None when WHERE drops it or its key has a NULL."""
+            if row is None or (self._where is not None and not _truthy(self._where, row)):
+                return None
+            key = self._group_of(row)
+            return None if None in key else (key, self._arguments_of(row))
+
+        def apply(key, subtract, add, timestamp):
+            store_key = _hashable(key)
+            state = owned.get(store_key)
+            if state is None:
+                stored = store.get(store_key)
+                state = owned[store_key] = self._own(store, store_key, key, stored, timestamp)
+                existed = stored is not None
+            else:
+                existed = True
+            old_passed = self._having is not None and existed and self._passes_having(key, state, None)
+            aggs = state["aggs"]
+            if subtract is not None and existed:
+                aggs = list(map(call, self._undoers, aggs, subtract))
             if add is not None:
-                states = self._add(states, add)
-            new = {"aggs": states, "ts": timestamp, "key": list(key)}
-            store.put(_hashable(key), new)
-            outputs.append(self._aggregate_output(key, new, old=current))
+                aggs = list(map(call, self._adders, aggs, add))
+            state["aggs"] = aggs
+            if timestamp > state["ts"]:
+                state["ts"] = timestamp
+            self._emit_update(key, state, None, old_passed, outputs)
 
-        if old_pair and new_pair and old_pair[0] == new_pair[0]:
-            apply(new_pair[0], old_pair[1], new_pair[1])
-        else:
-            if old_pair:
-                apply(old_pair[0], old_pair[1], None)
-            if new_pair:
-                apply(new_pair[0], None, new_pair[1])
-        return _present(outputs)
+        for record in records:
+            try:
+                if not record.key or None in record.key:
+                    self.metrics.null_key_dropped += 1
+                    continue
+                old_row = table.get(record.key)
+                new_row = None
+                if record.value is not None:
+                    rows = record.rows
+                    new_row = rows.get(prefix)
+                    if new_row is None:
+                        new_row = rows[prefix] = build(record)
+                    table.put(record.key, new_row)
+                else:
+                    table.delete(record.key)
+                old, new = grouped(old_row), grouped(new_row)
+                if old and new and old[0] == new[0]:
+                    apply(new[0], old[1], new[1], record.timestamp)
+                else:
+                    if old:
+                        apply(old[0], old[1], None, record.timestamp)
+                    if new:
+                        apply(new[0], None, new[1], record.timestamp)
+            except Exception as exc:
+                failures.append((record, exc))
 
-    def _aggregate_windowed(self, record: InputRecord) -> list[OutputRecord]:
-        if record.value is None:
-            return []
-        row = self._input_row(record)
-        if row is None:
-            return []
-        key = self._group_key(row)
-        if key is None:
-            self.metrics.null_key_dropped += 1
-            return []
-        agg = self.plan.aggregation
-        window = agg.window
+    def _aggregate_windowed(self, records: list[InputRecord], outputs: list[OutputRecord], failures: list) -> None:
+        """Tumbling-window aggregation with stream time per input partition.
+
+        A record for a window that stream time - grace (or the wall clock) has
+        closed is dropped and counted. EMIT FINAL emits closed windows as stream
+        time passes their end; EMIT CHANGES emits every update and forgets
+        closed windows. Either scans the window store only when stream time -
+        grace reaches a window end it had not reached (windows start at
+        multiples of their size), not per record.
+        """
+        window = self.plan.aggregation.window
+        size, grace = window.size_ms, window.grace_ms
+        emit_final = self.plan.aggregation.emit_final
         meta = self.stores.get("meta")
         windows = self.stores.get("windows")
-        partition = record.partition
-        stream_time = max(meta.get(("stream_time", partition), record.timestamp), record.timestamp)
-        meta.put(("stream_time", partition), stream_time)
-        close = stream_time - window.grace_ms
-        wall_close = meta.get(("wall_close", partition))
-        start = record.timestamp - record.timestamp % window.size_ms
-        end = start + window.size_ms
-        outputs = []
-        if end > close and (wall_close is None or end > wall_close):
-            store_key = (partition, start, _hashable(key))
-            old = windows.get(store_key)
-            states = old["aggs"] if old else self._initial()
-            timestamp = max(record.timestamp, old["ts"]) if old else record.timestamp
-            new = {"aggs": self._add(states, self._arguments(row)), "ts": timestamp, "key": list(key)}
-            windows.put(store_key, new)
-            max_start = meta.get(("max_start", partition))
-            if max_start is None or start > max_start:
-                meta.put(("max_start", partition), start)
-            if not agg.emit_final:
-                outputs.append(self._aggregate_output(key, new, start, old=old))
-        else:
-            self.metrics.late_records_dropped += 1
-        if agg.emit_final:
-            outputs += self._emit_closed_windows(partition, close)
-        else:
-            self._expire_windows(partition, close)
-        return _present(outputs)
+        stored_state = windows.get
+        group_of, freeze, having = self._group_of, self._freeze, self._having
+        own, add, emit_update = self._own, self._add, self._emit_update
+        metrics = self.metrics
+        owned: dict[tuple, dict] = {}
+        # the clock of the partition being read, in locals; written to `meta` when the partition changes,
+        # before a window store scan and at the end
+        partition = None
+        stream_time = max_start = wall_close = next_scan = None
+        for record, row in self._input_rows(records, failures):
+            try:
+                key = group_of(row)
+                if None in key:
+                    metrics.null_key_dropped += 1
+                    continue
+                if record.partition != partition:
+                    if partition is not None:
+                        self._save_clock(meta, partition, stream_time, max_start)
+                    partition = record.partition
+                    stream_time = meta.get(("stream_time", partition))
+                    max_start = meta.get(("max_start", partition))
+                    wall_close = meta.get(("wall_close", partition))
+                    if emit_final:
+                        last_emit = meta.get(("last_emit_close", partition))
+                        next_scan = size if last_emit is None else _next_window_end(last_emit, size)
+                    else:
+                        next_scan = self._next_expiry.get(partition)
+                timestamp = record.timestamp
+                if stream_time is None or timestamp > stream_time:
+                    stream_time = timestamp
+                close = stream_time - grace
+                start = timestamp - timestamp % size
+                end = start + size
+                if end > close and (wall_close is None or end > wall_close):
+                    store_key = (partition, start, key if freeze is None else freeze(key))
+                    state = owned.get(store_key)
+                    if state is None:
+                        stored = stored_state(store_key)
+                        state = owned[store_key] = own(windows, store_key, key, stored, timestamp)
+                        existed = stored is not None
+                    else:
+                        existed = True
+                    if max_start is None or start > max_start:
+                        max_start = start
+                    if emit_final:
+                        add(state, row, timestamp)
+                    else:
+                        old_passed = having is not None and existed and self._passes_having(key, state, start)
+                        add(state, row, timestamp)
+                        emit_update(key, state, start, old_passed, outputs)
+                else:
+                    metrics.late_records_dropped += 1
+                if next_scan is None or close >= next_scan:
+                    next_scan = _next_window_end(close, size)
+                    if emit_final:
+                        self._save_clock(meta, partition, stream_time, max_start)
+                        self._emit_closed_windows(partition, close, owned, outputs)
+                    else:
+                        self._next_expiry[partition] = next_scan
+                        self._expire_windows(partition, close, owned)
+            except Exception as exc:
+                failures.append((record, exc))
+        if partition is not None:
+            self._save_clock(meta, partition, stream_time, max_start)
 
-    def _expire_windows(self, partition: int, close: int) -> None:
-        """Forget windows that can no longer change (end <= stream time - grace)."""
+    @staticmethod
+    def _save_clock(meta, partition: int, stream_time: int | None, max_start: int | None) -> None:
+        """Write a partition's stream time and newest window start to `meta`, when they changed."""
+        if stream_time is not None and meta.get(("stream_time", partition)) != stream_time:
+            meta.put(("stream_time", partition), stream_time)
+        if max_start is not None and meta.get(("max_start", partition)) != max_start:
+            meta.put(("max_start", partition), max_start)
+
+    def _expire_windows(self, partition: int, close: int, owned: dict) -> None:
+        """Forget the partition's windows that can no longer change (end <= stream time - grace)."""
         windows = self.stores.get("windows")
         size = self.plan.aggregation.window.size_ms
         for store_key, _ in windows.items():
             if store_key[0] == partition and store_key[1] + size <= close:
                 windows.delete(store_key)
+                owned.pop(store_key, None)
 
-    def _emit_closed_windows(self, partition: int, close: int) -> list[OutputRecord]:
+    def _emit_closed_windows(self, partition: int, close: int, owned: dict, outputs: list[OutputRecord]) -> None:
         """Kafka Streams' emit-on-window-close for tumbling windows, per input partition.
 
-        A window is emitted once stream time - grace reaches its end, in order of
-        window start then key. As in Kafka Streams, windows older than the store's
-        retention (size + grace behind the newest window) are dropped unemitted
-        when stream time jumps past them.
+        Called when `close` (stream time - grace) reaches a window end it had not
+        reached at the last call. A window is emitted once close reaches its end,
+        in order of window start then key. As in Kafka Streams, windows older
+        than the store's retention (size + grace behind the newest window) are
+        dropped unemitted when stream time jumps past them.
         """
         window = self.plan.aggregation.window
         size = window.size_ms
         meta = self.stores.get("meta")
         windows = self.stores.get("windows")
         last_emit = meta.get(("last_emit_close", partition))
-        if last_emit is not None and last_emit >= close:
-            return []
         upper = close - size
-        if upper < 0:
-            return []
         lower = 0 if last_emit is None else max(0, last_emit - size) + 1
-        if last_emit is not None and upper // size == (lower - 1) // size:
-            return []
         max_start = meta.get(("max_start", partition), 0)
         horizon = max_start - size - window.grace_ms
         due = []
         for store_key, state in windows.items():
             p, start, _ = store_key
-            key = tuple(state["key"])
             if p != partition:
                 continue
+            key = tuple(state["key"])
             if start < horizon:
                 windows.delete(store_key)
+                owned.pop(store_key, None)
                 self.metrics.expired_windows_dropped += 1
             elif lower <= start <= upper:
                 due.append((start, self.sink_serdes.key.serialize(key) or b"", key, state, store_key))
         due.sort(key=lambda d: (d[0], d[1]))
-        outputs = []
         for start, _, key, state, store_key in due:
-            outputs.append(self._aggregate_output(key, state, start))
+            self._emit_update(key, state, start, False, outputs)
             windows.delete(store_key)
+            owned.pop(store_key, None)
         meta.put(("last_emit_close", partition), close)
-        return _present(outputs)
+
+
+def _next_window_end(close: int, size: int) -> int:
+    """The first window end after `close` (windows are epoch-aligned: they end at multiples of `size`)."""
+    return (close // size + 1) * size
 
 
 def row_builder(source: DataSource, prefix: str):

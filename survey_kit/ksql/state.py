@@ -64,9 +64,9 @@ class Store:
         self.name = name
         self._data: dict[tuple, Any] = {}
         self._dirty: dict[tuple, Any] = {}
-
-    def get(self, key: tuple, default=None):
-        return self._data.get(key, default)
+        # `get(key, default=None)` is the data dict's own lookup (operators call it once per record or
+        # more); `_data` is therefore never replaced, only changed
+        self.get = self._data.get
 
     def put(self, key: tuple, value) -> None:
         self._data[key] = value
@@ -103,7 +103,8 @@ class Store:
         return {encode_key(k): to_json(v) for k, v in self._data.items()}
 
     def restore(self, snapshot: dict[str, Any]) -> None:
-        self._data = {decode_key(k): from_json(copy.deepcopy(v)) for k, v in snapshot.items()}
+        self._data.clear()
+        self._data.update((decode_key(k), from_json(copy.deepcopy(v))) for k, v in snapshot.items())
         self._dirty.clear()
 
 
