@@ -18,8 +18,9 @@ import io
 import json
 import struct
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any, Callable, Protocol
 
+import cavro
 import fastavro
 
 from .types import KsqlError, SqlType, coerce
@@ -382,6 +383,131 @@ class KafkaFormat(ValueFormat):
         return {self.columns[0].name: kafka_decode(data, self.columns[0].type)}
 
 
+# ---------------------------------------------------------------- Avro codecs
+#
+# cavro (Cython) encodes and decodes these small flat records in about half of fastavro's time
+# per call. It is used wherever it was checked to give fastavro's bytes and values
+# (tests/test_ksql_avro_codec.py); fastavro stays for the rest, decided once per schema.
+# On invalid data the two can differ: cavro refuses a negative union branch index (fastavro
+# counts it from the end) and a negative time-millis/micros (fastavro wraps it round the day),
+# so such records go to the dead letters; an int written with a varint longer than 5 bytes
+# is accepted by both, fastavro giving a value beyond 32 bits and cavro its low 32 bits.
+
+# the logical types cavro decodes to the same values as fastavro, with the Avro type each applies to
+# (cavro reads local-timestamp-* as plain ints where fastavro gives naive datetimes)
+_SAME_LOGICAL_TYPES = {
+    "decimal": ("bytes", "fixed"),
+    "timestamp-millis": ("long",),
+    "timestamp-micros": ("long",),
+    "time-micros": ("long",),
+    "time-millis": ("int",),
+    "date": ("int",),
+    "uuid": ("string",),
+}
+
+
+def _cavro_reads_like_fastavro(schema) -> bool:
+    """Whether cavro decodes data written with `schema` to the values fastavro gives.
+
+    Arrays and maps are left to fastavro: cavro misreads blocks with a negative item count
+    (followed by the block's byte size), which the Avro spec allows and some non-Java writers
+    produce. Logical types outside the checked list are left to fastavro too.
+    """
+    if isinstance(schema, str):
+        return True
+    if isinstance(schema, list):
+        return all(_cavro_reads_like_fastavro(member) for member in schema)
+    if not isinstance(schema, dict):
+        return False
+    kind = schema.get("type")
+    logical = schema.get("logicalType")
+    if logical is not None:
+        if kind not in _SAME_LOGICAL_TYPES.get(logical, ()):
+            return False
+        if logical == "decimal" and "precision" not in schema:
+            return False  # fastavro cannot read it at all, cavro reads the bytes: keep fastavro's error
+    if kind in ("array", "map"):
+        return False
+    if kind == "record":
+        return all(_cavro_reads_like_fastavro(field.get("type")) for field in schema.get("fields", []))
+    if isinstance(kind, (dict, list)):
+        return _cavro_reads_like_fastavro(kind)
+    return True
+
+
+def _cavro_schema(schema) -> cavro.Schema | None:
+    """cavro's parsed `schema`, or None where cavro refuses a schema fastavro accepts.
+
+    cavro checks names, defaults and types more strictly than fastavro (a record name with a
+    dash, an "error" type, a union default that does not match the first member): such schemas
+    keep fastavro, which the engine has always read and written them with.
+    """
+    try:
+        # records come back as dicts (rows), not cavro Record objects; parse_json=False: a bare
+        # "string" schema is the type, not JSON text
+        return cavro.Schema(schema, parse_json=False, record_decodes_to_dict=True)
+    except Exception:  # cavro raises its own, TypeError and ValueError for the schemas it refuses
+        return None
+
+
+def avro_encoder(schema) -> tuple[Callable[[Any], bytes], bool]:
+    """A function writing a value of `schema` as Avro binary, and whether it needs rows converted by `_to_avro_value`.
+
+    cavro writes every schema the engine registers (nullable unions of primitives, decimals,
+    timestamps, arrays, maps, records) byte for byte as fastavro does; it reads a record's fields
+    from the dict, writes a missing field as its default (NULL) and ignores other keys, and
+    takes tuples for arrays, so rows need no conversion. fastavro needs nested values converted.
+    """
+    parsed = _cavro_schema(schema)
+    if parsed is not None:
+        return parsed.binary_encode, False
+    fastavro_schema = fastavro.parse_schema(schema)
+
+    def encode(value) -> bytes:
+        out = io.BytesIO()
+        fastavro.schemaless_writer(out, fastavro_schema, value)
+        return out.getvalue()
+
+    return encode, True
+
+
+def avro_decoder(writer) -> Callable[[bytes], Any]:
+    """A function reading Avro binary written with `writer` (parsed JSON) to Python values, as fastavro reads it."""
+    parsed = _cavro_schema(writer) if _cavro_reads_like_fastavro(writer) else None
+    if parsed is not None:
+        return parsed.binary_decode
+    fastavro_schema = fastavro.parse_schema(writer)
+    return lambda payload: fastavro.schemaless_reader(io.BytesIO(payload), fastavro_schema, None)
+
+
+def _renaming_decoder(writer: dict, renames: list[tuple[str, str]]) -> Callable[[bytes], dict] | None:
+    """A cavro function reading `writer` records straight into rows: the columns in order, each from its field.
+
+    Schema resolution against a reader schema whose fields are the columns, each with its writer
+    field as alias, skips the other fields and names the values as the columns, at no cost over
+    a plain decode. None where that cannot be done the same as renaming fastavro's dict.
+    """
+    if not _cavro_reads_like_fastavro(writer):
+        return None
+    names = [field["name"].upper() for field in writer["fields"]]
+    if len(set(names)) != len(names):
+        return None  # fields differing only in case: the column's field is picked by the read plan
+    types = {field["name"]: field["type"] for field in writer["fields"]}
+    reader = {key: writer[key] for key in ("type", "name", "namespace") if key in writer}
+    reader["fields"] = [{"name": column, "aliases": [field], "type": types[field]} for column, field in renames]
+    writer_schema = _cavro_schema(writer)
+    reader_schema = _cavro_schema(reader)  # None when a column name is no Avro name, or a named type is used before its definition
+    if writer_schema is None or reader_schema is None:
+        return None
+    try:
+        return reader_schema.reader_for_writer(writer_schema).binary_decode
+    except Exception:  # cavro could not resolve the two schemas: rename fastavro-style instead
+        return None
+
+
+_SCHEMA_ID = struct.Struct(">I")
+
+
 class AvroFormat(ValueFormat):
     """Confluent Avro: magic byte 0, 4-byte schema id, Avro binary."""
 
@@ -393,12 +519,16 @@ class AvroFormat(ValueFormat):
             raise KsqlError("AVRO format needs a schema registry: configure one for the engine")
         self.store = store
         self.full_name = full_name
-        self._readers: dict[int, tuple[Any, list, list | None]] = {}
+        # per writer schema id: decode function, read plan, renames (see _reader)
+        self._readers: dict[int, tuple[Callable[[bytes], Any], list | None, list | None]] = {}
         self._writer_id: int | None = None
         self._header = b""  # magic byte and writer schema id, once registered
-        self._writer = fastavro.parse_schema(avro_value_schema(columns, full_name))
-        # only nested types need converting between rows and Avro records
-        self._nested = [(c.name, c.type) for c in columns if c.type.base in ("MAP", "ARRAY", "STRUCT")]
+        self._use_writer(avro_value_schema(columns, full_name))
+
+    def _use_writer(self, schema) -> None:
+        self._encode, convert = avro_encoder(schema)
+        # only nested types need converting between rows and Avro records, and only for fastavro
+        self._nested = [(c.name, c.type) for c in self.columns if c.type.base in ("MAP", "ARRAY", "STRUCT")] if convert else []
 
     def writer_schema(self) -> dict:
         return avro_value_schema(self.columns, self.full_name)
@@ -408,8 +538,8 @@ class AvroFormat(ValueFormat):
         if self._writer_id is None:
             schema = sql_type_to_avro(self.columns[0].type, self.columns[0].name) if bare else self.writer_schema()
             self._writer_id = self.store.register(f"{self.topic}-{subject_suffix}", json.dumps(schema))
-            self._writer = fastavro.parse_schema(schema)
-            self._header = b"\x00" + struct.pack(">I", self._writer_id)
+            self._use_writer(schema)
+            self._header = b"\x00" + _SCHEMA_ID.pack(self._writer_id)
         return self._writer_id
 
     def serialize(self, row, subject_suffix: str = "value", bare: bool = False):
@@ -423,18 +553,20 @@ class AvroFormat(ValueFormat):
             for name, sql_type in self._nested:
                 record[name] = _to_avro_value(record[name], sql_type)
         else:
-            # plain columns: fastavro reads exactly the schema's fields from the row (a missing one
-            # is written as its default, NULL, as row.get would give), so no copy is needed
+            # the encoder reads exactly the schema's fields from the row (a missing one is written
+            # as its default, NULL, as row.get would give), so no copy is needed
             record = row
         if self._writer_id is None:
             self.register_schema(subject_suffix, bare)
-        out = io.BytesIO(self._header)
-        out.seek(5)
-        fastavro.schemaless_writer(out, self._writer, record)
-        return out.getvalue()
+        try:
+            return self._header + self._encode(record)
+        except Exception as exc:  # cavro and fastavro raise several types for a value of the wrong type
+            raise ValueError(f"cannot write this row to {self.topic} as Avro: {exc}") from None
 
-    def _reader(self, schema_id: int) -> tuple[Any, list, list | None]:
-        """The parsed writer schema of `schema_id`, how each column is read from its records, and the plain renames if that is all it takes."""
+    def _reader(self, schema_id: int) -> tuple[Callable[[bytes], Any], list | None, list | None]:
+        """How to read values written with schema `schema_id`: a decode function, then either nothing more
+        (it gives the row), the plain renames of fields to columns if that is all it takes, or how each
+        column is read from the decoded record."""
         try:
             writer = json.loads(self.store.schema_by_id(schema_id))
         except Exception as exc:  # the store's own error types vary (HTTP, KeyError)
@@ -457,24 +589,31 @@ class AvroFormat(ValueFormat):
         # a writer schema whose every column is there with the column's type is read by renaming
         # fields only (the common case: no per-column coercion, no per-record planning)
         renames = [(column.name, field_name) for column, field_name, convert in plan] if not any(convert or field_name is None for _, field_name, convert in plan) else None
-        return fastavro.parse_schema(writer), plan, renames
+        if renames is not None:
+            decode_rows = _renaming_decoder(writer, renames)
+            if decode_rows is not None:
+                return decode_rows, None, None
+        return avro_decoder(writer), plan, renames
 
     def deserialize(self, data):
         if data is None:
             return None
         if len(data) < 5 or data[0] != 0:
             raise RecordError("value is not Confluent Avro (no magic byte 0 and schema id)")
-        schema_id = struct.unpack(">I", data[1:5])[0]
+        schema_id = _SCHEMA_ID.unpack_from(data, 1)[0]
         reader = self._readers.get(schema_id)
         if reader is None:
             reader = self._readers[schema_id] = self._reader(schema_id)
-        parsed, plan, renames = reader
-        buffer = io.BytesIO(data)
-        buffer.seek(5)  # past the header, without copying the value
+        decode, plan, renames = reader
+        payload = data[5:]
+        if type(payload) is not bytes:
+            payload = bytes(payload)  # cavro reads bytes only
         try:
-            decoded = fastavro.schemaless_reader(buffer, parsed, None)
-        except Exception as exc:  # fastavro raises many types for truncated or garbled data
-            raise RecordError(f"cannot decode Avro value with schema id {schema_id}: {exc}") from None
+            decoded = decode(payload)
+        except Exception as exc:  # cavro and fastavro raise many types for truncated or garbled data
+            raise RecordError(f"cannot decode Avro value with schema id {schema_id}: {type(exc).__name__}: {exc}") from None
+        if plan is None:
+            return decoded
         if renames is not None and type(decoded) is dict:
             return {name: decoded[field_name] for name, field_name in renames}
         if not isinstance(decoded, dict):
