@@ -88,6 +88,7 @@ def build_parser() -> argparse.ArgumentParser:
     engine = commands.add_parser("engine", help="run the ksql engine and its REST API in the foreground")
     engine.add_argument("--port", type=int, default=8088, help="port of its ksqlDB-compatible REST API (default 8088)")
     engine.add_argument("--data-dir", default="engine-data", help="folder for its copy of the statements (default ./engine-data)")
+    engine.add_argument("--workers", type=int, default=2, help="processes the queries are spread over (default 2; one core each)")
     engine.set_defaults(run=_engine)
 
     from .ksql.cli import add_subcommands
@@ -211,7 +212,7 @@ def _survey_disable(args) -> int:
 def _engine(args) -> int:
     from .ksql.server import serve
 
-    return serve(_cluster(args), port=args.port, data_dir=args.data_dir)
+    return serve(_cluster(args), port=args.port, data_dir=args.data_dir, workers=args.workers)
 
 
 def _ksql_apply(args) -> int:

@@ -83,7 +83,8 @@ def test_apply_twice_is_harmless(deployment):
     assert description["windowType"] == "TUMBLING"
     assert "5 MINUTES" in description["statement"]  # the override, not the file's 48 HOURS
     recorded = [c for c in engine_commands(engine) if "survey_results_final" in c["statement"]]
-    assert recorded[0]["streamsProperties"] == {"survey_kit.emit.final.wall.clock": "true"}
+    # the request's properties, and the worker process the engine placed the query on
+    assert recorded[0]["streamsProperties"] == {"survey_kit.emit.final.wall.clock": "true", "survey_kit.worker": "1"}
 
 
 def engine_commands(engine) -> list[dict]:

@@ -274,6 +274,27 @@ def test_rest_answers_as_ksqldb(running):
     assert httpx.get(engine.url + "/healthcheck").json()["isHealthy"] is True
 
 
+def test_the_queries_run_in_two_worker_processes(running):
+    stack, cluster, engine = running
+    # placed in turn: respondents + live on worker 0, responses + final on worker 1 (which follows the
+    # statements worker 0 recorded, a moment later)
+    wait_for(lambda: [(w["worker"], w["queries"]) for w in engine.info()["workers"]] == [(0, 2), (1, 2)],
+             30, "each worker to run two queries")
+    with engine.client() as client:  # every worker knows the whole pipeline; statements see all of it
+        assert len(client.execute("SHOW QUERIES;")[0]["queries"]) == 4
+
+
+def test_a_killed_server_takes_its_workers_with_it(tmp_path):
+    with EmbeddedStack(data_dir=tmp_path / "stack", services=("broker", "registry")) as stack:
+        engine = EngineProcess(stack, tmp_path / "engine").start()
+        try:
+            worker = wait_for(lambda: engine.info()["workers"][1].get("pid"), what="worker 1 to report")
+            engine.kill()
+            wait_for(lambda: not Path(f"/proc/{worker}").exists(), 30, "worker 1 to exit after the server was killed")
+        finally:
+            engine.stop()
+
+
 def test_the_engine_survives_a_hung_broker(running):
     stack, cluster, engine = running
     survey = Survey(cluster)
@@ -422,7 +443,9 @@ def test_a_restarted_embedded_broker_loses_its_topics_and_the_engine_carries_on(
         finally:
             engine.stop()
         log = engine.log.read_text()
-        assert log.count("is unreachable or failing") == 1, log[-3000:]
+        # each of the engine's processes (worker 0, the server, and worker 1) says so once per outage
+        outages = [line for line in log.splitlines() if "is unreachable or failing" in line]
+        assert sorted(" worker-1 " in line for line in outages) == [False, True], log[-3000:]
         assert "answers again" in log
 
 

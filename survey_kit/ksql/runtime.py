@@ -62,6 +62,8 @@ RUNTIME_DEFAULT_PROPERTIES = {CACHE_BYTES: str(10 * 1024 * 1024)}
 # Statements that change what the engine runs: they are recorded in the command topic.
 _COMMANDS = (ast.CreateSource, ast.CreateAsSelect, ast.Drop, ast.Terminate)
 CHECKPOINT_KEY = b"checkpoint"
+# Recorded with a CREATE ... AS SELECT: the worker process that runs its query (and holds its state).
+WORKER_PROPERTY = "survey_kit.worker"
 
 
 class RuntimeUnavailable(ConnectionError):
@@ -111,6 +113,14 @@ class EngineRuntime:
     `..._changelog`), the transactional id and the offsets' group; two
     runtimes with the same id on one cluster fence each other, as they should.
     `properties` are engine defaults (ksqlDB property names).
+
+    The queries can run in several processes, as ksqlDB runs each persistent
+    query as its own Kafka Streams application: `workers` runtimes with the same
+    id, `worker` 0 to workers - 1. Worker 0 takes the statements (and records
+    them); each new query is placed on a worker in turn, the placement recorded
+    with its statement. Every worker knows the whole pipeline (it follows the
+    command topic) and runs only its own queries, with its own consumer,
+    transactions and changelog (`..._w<k>_changelog` for k > 0).
     """
 
     def __init__(
@@ -124,7 +134,11 @@ class EngineRuntime:
         commit_records: int = 20_000,
         punctuate_interval_ms: int = 1_000,
         batch_size: int = 5_000,
+        worker: int = 0,
+        workers: int = 1,
     ):
+        if not 0 <= worker < workers:
+            raise ValueError(f"worker must be in 0..{workers - 1}, got {worker}")
         self.cluster = cluster
         self.engine_id = engine_id
         self.data_dir = Path(data_dir) if data_dir else None
@@ -134,9 +148,12 @@ class EngineRuntime:
         self.commit_records = commit_records
         self.punctuate_interval = punctuate_interval_ms / 1000
         self.batch_size = batch_size
+        self.worker, self.workers = worker, workers
+        self.leader = worker == 0  # takes statements and records them; the others follow the command topic
+        name = f"_survey_kit_ksql_{engine_id}" + (f"_w{worker}" if worker else "")
         self.command_topic = f"_survey_kit_ksql_{engine_id}_command"
-        self.changelog_topic = f"_survey_kit_ksql_{engine_id}_changelog"
-        self.group_id = f"_survey_kit_ksql_{engine_id}"
+        self.changelog_topic = f"{name}_changelog"
+        self.group_id = name  # also the transactional id
         self.metrics = RuntimeMetrics()
         self.engine = self._new_engine()
         self.ready = threading.Event()  # set once the engine is rebuilt and consuming
@@ -144,6 +161,10 @@ class EngineRuntime:
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._commands: list[Command] = self._read_backup()
+        self._owners: dict[str, int] = {}  # query id -> the worker that runs it
+        self._command_tail: Consumer | None = None  # followers: new statements on the command topic
+        self._command_offset = 0
+        self._last_tail = 0.0
         # librdkafka would log every failed reconnect; errors come to _client_error instead
         self._quiet = {"error_cb": self._client_error, "log_level": 2}
         self._admin = AdminClient(cluster.admin_config(**self._quiet))
@@ -207,6 +228,8 @@ class EngineRuntime:
         if self._needs_recovery:
             self._recover()
         now = time.monotonic()
+        if not self.leader and now - self._last_tail > 0.1:
+            self._follow_commands()
         if self._resync_wanted or now - self._last_resync > 2.0:
             self._sync_assignment()
         messages = self._fetch() if self._assigned else []
@@ -407,6 +430,8 @@ class EngineRuntime:
         Raises StatementFailed for a statement the engine rejects, with the
         results of the statements before it (which stay applied, as on ksqlDB).
         """
+        if not self.leader:
+            raise RuntimeError("statements go to worker 0, which records them for the other workers")
         if not self.ready.wait(30):
             raise RuntimeUnavailable(f"the engine is not connected to Kafka at {self.cluster.bootstrap_servers} yet; try again")
         scope = {k.lower(): str(v) for k, v in (variables or {}).items()}
@@ -437,7 +462,14 @@ class EngineRuntime:
         before = self._fingerprint()
         result = self._run(statement, request_properties)
         if isinstance(statement, _COMMANDS) and self._fingerprint() != before:
-            self._record(Command(statement.text, request_properties))
+            properties = request_properties
+            if isinstance(statement, ast.CreateAsSelect):
+                query_id = self.engine.sources[statement.name].written_by
+                # a new query goes to the next worker in turn; a replaced one stays where its state is
+                owner = self._owners.get(query_id, len(self._owners) % self.workers)
+                properties = {**request_properties, WORKER_PROPERTY: str(owner)}
+                self._place(statement, properties)
+            self._record(Command(statement.text, properties))
             if isinstance(statement, ast.CreateAsSelect):
                 self._ensure_sink_topics()
             if isinstance(statement, ast.Drop) and statement.delete_topic:
@@ -548,9 +580,10 @@ class EngineRuntime:
         self._close_clients()
         self._command_producer = None  # its idempotence state belongs to the broker it talked to
         self._ensure_topic(self.command_topic, {"cleanup.policy": "delete", "retention.ms": "-1"})
-        self._ensure_topic(self.changelog_topic, {"cleanup.policy": "compact"})
+        # every checkpoint holds the changes since the one before: none may be compacted or expire
+        self._ensure_topic(self.changelog_topic, {"cleanup.policy": "delete", "retention.ms": "-1"})
         producer = Producer(self.cluster.producer_config(**{
-            "transactional.id": f"_survey_kit_ksql_{self.engine_id}",
+            "transactional.id": self.group_id,
             "linger.ms": 1,  # outputs are flushed at each commit anyway
             "transaction.timeout.ms": 60_000,
             **self._quiet,
@@ -560,8 +593,10 @@ class EngineRuntime:
         except KafkaException as exc:
             raise RuntimeUnavailable(f"cannot start a Kafka transaction: {_text(exc)}") from None
         self._producer = producer
-        commands = [Command.decode(m.value()) for m in self._read_topic(self.command_topic) if m.value()]
-        if not commands and self._commands:
+        recorded = self._read_topic(self.command_topic)
+        self._command_offset = recorded[-1].offset() + 1 if recorded else 0
+        commands = [Command.decode(m.value()) for m in recorded if m.value()]
+        if not commands and self._commands and self.leader:
             # the broker lost its topics (the embedded one keeps them in memory): record the commands again
             log.warning("the command topic %s is empty: re-recording the %d statements this engine ran", self.command_topic, len(self._commands))
             commands = list(self._commands)
@@ -569,19 +604,13 @@ class EngineRuntime:
         else:
             replay_and_record = False
         self.engine = self._new_engine()
-        applied = []
-        for command in commands:
-            try:
-                statement = parse_statement(StatementText(command.statement, 1, 1))
-                self._run(statement, command.properties)
-                applied.append(command)
-            except KsqlError as exc:
-                log.error("cannot re-run a recorded statement, skipping it: %s", exc)
+        self._owners = {}
+        applied = [command for command in commands if self._replay(command)]
         if replay_and_record:
             for command in applied:
                 self._record(command, remember=False)
             self._commands = applied
-        else:
+        elif self.leader:
             self._commands = applied
             self._write_backup()
         self._positions = {}
@@ -601,6 +630,53 @@ class EngineRuntime:
             **self._quiet,
         }))
         self._sync_assignment()
+        if not self.leader:
+            self._command_tail = Consumer(self.cluster.consumer_config(**{"fetch.wait.max.ms": 100, **self._quiet}))
+            self._command_tail.assign([TopicPartition(self.command_topic, 0, self._command_offset)])
+
+    # ------------------------------------------------------------ placement on workers
+
+    def _replay(self, command: Command) -> bool:
+        """Run a recorded statement again (rebuilding, or following worker 0); False if it now fails."""
+        try:
+            statement = parse_statement(StatementText(command.statement, 1, 1))
+            self._run(statement, command.properties)
+        except KsqlError as exc:
+            log.error("cannot re-run a recorded statement, skipping it: %s", exc)
+            return False
+        if isinstance(statement, ast.CreateAsSelect):
+            self._place(statement, command.properties)
+        return True
+
+    def _place(self, statement: ast.CreateAsSelect, properties: dict[str, str]) -> None:
+        """Note which worker runs the query `statement` made; run it here if it is this one."""
+        source = self.engine.sources.get(statement.name)
+        if source is None or not source.written_by:
+            return
+        owner = int(properties.get(WORKER_PROPERTY, 0))  # statements recorded before workers existed: worker 0
+        if owner >= self.workers:
+            log.warning("query %s was placed on worker %d but the engine runs %d workers: worker %d runs it from "
+                        "empty state (start the engine with --workers %d to keep its state)",
+                        source.written_by, owner, self.workers, owner % self.workers, owner + 1)
+            owner %= self.workers
+        self._owners[source.written_by] = owner
+        self.engine.run_only(q for q in self.engine.queries if self._owners.get(q, 0) == self.worker)
+
+    def _follow_commands(self) -> None:
+        """Workers other than 0: apply the statements worker 0 recorded since the last look."""
+        self._last_tail = time.monotonic()
+        if self._command_tail is None:
+            return
+        messages = [m for m in self._command_tail.consume(100, 0) if m.error() is None and m.value()]
+        if not messages:
+            return
+        with self._lock:
+            self._commit()  # what was processed under the old statements is committed under them
+            for message in messages:
+                self._replay(Command.decode(message.value()))
+                self._command_offset = message.offset() + 1
+            self._ensure_sink_topics()
+            self._resync_wanted = True
 
     def _restore_state(self) -> None:
         """Replay the checkpoints: state changes, input offsets, output ends."""
@@ -630,8 +706,12 @@ class EngineRuntime:
         harmless in a table.
         """
         self._replayed = {}
-        cached = {q.plan.sink.topic for q in self.engine.queries.values() if getattr(q, "caching", False)}
-        topics = {q.plan.sink.topic for q in self.engine.queries.values()} | {self._dead_letter_topic()}
+        running = self.engine.running_queries()
+        cached = {q.plan.sink.topic for q in running if getattr(q, "caching", False)}
+        topics = {q.plan.sink.topic for q in running}
+        if self.workers == 1:
+            # with several workers the dead letters interleave: a repeat there after a crash is left alone
+            topics.add(self._dead_letter_topic())
         wanted = [(t, p) for t in sorted(topics - cached) for p in range(self._partition_count(t))]
         if not wanted:
             return
@@ -792,6 +872,12 @@ class EngineRuntime:
                 pass
 
     def _close_clients(self) -> None:
+        tail, self._command_tail = self._command_tail, None
+        if tail is not None:
+            try:
+                tail.close()
+            except (KafkaException, RuntimeError):
+                pass
         consumer, self._consumer = self._consumer, None
         if consumer is not None:
             try:
@@ -804,9 +890,10 @@ class EngineRuntime:
         """What the runtime does: readiness, counts, the outage in progress if any."""
         return {
             "engine_id": self.engine_id,
+            "worker": self.worker,
             "ready": self.ready.is_set(),
             "outage": self._outage,
-            "queries": len(self.engine.queries),
+            "queries": len(self.engine.running_queries()),
             "assigned_partitions": len(self._assigned),
             "uncommitted": self._uncommitted,
             **self.metrics.__dict__,

@@ -11,7 +11,8 @@ ksqlDB's own clients use, so the same client code drives a real ksqlDB:
   `queries`, `sourceDescription`, ...), or HTTP 400 with a `statement_error`;
 * `GET /info`, `GET /healthcheck`, and `GET /` (200 once the engine runs).
 
-The persistent queries run in a background thread (`runtime.EngineRuntime`).
+The persistent queries run in a background thread (`runtime.EngineRuntime`,
+worker 0) and, with `--workers` above 1, in worker processes (`workers.py`).
 """
 
 from __future__ import annotations
@@ -39,6 +40,7 @@ from .engine import StatementResult
 from .parser import split_statements
 from .runtime import EngineRuntime, RuntimeUnavailable, StatementFailed
 from .types import KsqlError
+from .workers import WorkerPool, combined_status
 
 KSQLDB_VERSION = "0.29.0"  # the ksqlDB release whose REST answers this server imitates
 CONTENT_TYPE = "application/vnd.ksql.v1+json"
@@ -153,8 +155,11 @@ def entity(runtime: EngineRuntime, statement: ast.Statement, result: StatementRe
 # ---------------------------------------------------------------- the app
 
 
-def create_app(runtime: EngineRuntime) -> Starlette:
-    """The REST app over a runtime (started and stopped with the app)."""
+def create_app(runtime: EngineRuntime, pool: WorkerPool | None = None) -> Starlette:
+    """The REST app over a runtime and its other workers, if any (started and stopped with the app)."""
+
+    def status() -> dict:
+        return combined_status(runtime.status(), pool.statuses()) if pool is not None else runtime.status()
 
     def ksql(request_body: dict) -> KsqlResponse:
         text = request_body.get("ksql")
@@ -190,26 +195,26 @@ def create_app(runtime: EngineRuntime) -> Starlette:
         return await run_in_threadpool(ksql, body)
 
     async def info(request: Request) -> KsqlResponse:
-        status = runtime.status()
+        engine_status = status()
         return KsqlResponse({
             "KsqlServerInfo": {
                 "version": KSQLDB_VERSION,
                 "kafkaClusterId": runtime.cluster.bootstrap_servers,
                 "ksqlServiceId": runtime.engine_id,
-                "serverStatus": "RUNNING" if status["ready"] else "STARTING",
+                "serverStatus": "RUNNING" if engine_status["ready"] else "STARTING",
             },
-            "survey_kit": status,
+            "survey_kit": engine_status,
         })
 
     async def healthcheck(request: Request) -> KsqlResponse:
-        status = runtime.status()
-        kafka = status["ready"] and status["outage"] is None
+        engine_status = status()
+        kafka = engine_status["ready"] and engine_status["outage"] is None
         body = {
             "isHealthy": kafka,
             "details": {
-                "metastore": {"isHealthy": status["ready"]},
+                "metastore": {"isHealthy": engine_status["ready"]},
                 "kafka": {"isHealthy": kafka},
-                "commandRunner": {"isHealthy": status["ready"]},
+                "commandRunner": {"isHealthy": engine_status["ready"]},
             },
         }
         return KsqlResponse(body, status_code=200 if kafka else 503)
@@ -222,9 +227,13 @@ def create_app(runtime: EngineRuntime) -> Starlette:
     @contextlib.asynccontextmanager
     async def lifespan(app):
         runtime.start()
+        if pool is not None:
+            pool.start()
         try:
             yield
         finally:
+            if pool is not None:
+                await run_in_threadpool(pool.stop, 15)
             await run_in_threadpool(runtime.stop, 10)
 
     return Starlette(
@@ -245,8 +254,15 @@ def _entities(runtime: EngineRuntime, results: list[tuple[ast.Statement, Stateme
 # ---------------------------------------------------------------- process entry point
 
 
-def serve(cluster: Cluster, host: str = "127.0.0.1", port: int = 8088, data_dir: str | Path | None = None, engine_id: str = "survey_kit", commit_interval_ms: int = 20) -> int:
+DEFAULT_WORKERS = 2  # the machines this runs on have two cores or more
+
+
+def serve(cluster: Cluster, host: str = "127.0.0.1", port: int = 8088, data_dir: str | Path | None = None, engine_id: str = "survey_kit",
+          commit_interval_ms: int = 20, workers: int = DEFAULT_WORKERS) -> int:
     """Run the engine and its REST API in the foreground until interrupted; 2 if the port is taken."""
+    if workers < 1:
+        print(f"error: --workers must be 1 or more (got {workers})", file=sys.stderr)
+        return 2
     if host not in ("127.0.0.1", "localhost", "::1"):
         print(f"error: the engine listens on loopback only (got --host {host}); use 127.0.0.1", file=sys.stderr)
         return 2
@@ -256,13 +272,15 @@ def serve(cluster: Cluster, host: str = "127.0.0.1", port: int = 8088, data_dir:
     except OSError:
         print(f"error: port {port} on {host} is in use: stop what runs there or pick another port (--port)", file=sys.stderr)
         return 2
-    runtime = EngineRuntime(cluster, engine_id=engine_id, data_dir=data_dir, commit_interval_ms=commit_interval_ms)
+    runtime = EngineRuntime(cluster, engine_id=engine_id, data_dir=data_dir, commit_interval_ms=commit_interval_ms, workers=workers)
+    pool = WorkerPool(cluster, engine_id, workers, commit_interval_ms) if workers > 1 else None
     # Everything loaded so far (modules, the grammar, the clients) lives as long as the process: keep it
     # out of the cyclic GC, whose full collections otherwise paused the engine ~40 ms (the p99 update latency).
     gc.collect()
     gc.freeze()
-    print(f"ksql engine {engine_id} on http://{host}:{port} (Kafka {cluster.bootstrap_servers}, registry {cluster.schema_registry_url})", file=sys.stderr, flush=True)
-    uvicorn.run(create_app(runtime), host=host, port=port, log_level="warning")
+    print(f"ksql engine {engine_id} on http://{host}:{port} with {workers} worker process{'es' if workers > 1 else ''} "
+          f"(Kafka {cluster.bootstrap_servers}, registry {cluster.schema_registry_url})", file=sys.stderr, flush=True)
+    uvicorn.run(create_app(runtime, pool), host=host, port=port, log_level="warning")
     return 0
 
 
@@ -276,6 +294,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--engine-id", default="survey_kit", help="names the engine's internal topics and transactions (default survey_kit)")
     parser.add_argument("--commit-interval-ms", type=int, default=20,
                         help="how often outputs, state and offsets are committed (default 20 ms: low latency)")
+    parser.add_argument("--workers", type=int, default=DEFAULT_WORKERS,
+                        help=f"processes the queries are spread over (default {DEFAULT_WORKERS}; one core each)")
     parser.add_argument("--embedded", action=argparse.BooleanOptionalAction, default=True,
                         help="the broker is the embedded one (topics with one replica; default yes)")
     args = parser.parse_args(argv)
@@ -283,7 +303,7 @@ def main(argv: list[str] | None = None) -> int:
     logging.getLogger("httpx").setLevel(logging.WARNING)
     logging.getLogger("httpx2").setLevel(logging.WARNING)
     cluster = Cluster(bootstrap_servers=args.bootstrap_servers, schema_registry_url=args.schema_registry_url, embedded=args.embedded)
-    return serve(cluster, args.host, args.port, args.data_dir, args.engine_id, args.commit_interval_ms)
+    return serve(cluster, args.host, args.port, args.data_dir, args.engine_id, args.commit_interval_ms, args.workers)
 
 
 if __name__ == "__main__":

@@ -1,0 +1,156 @@
+"""Run the engine's queries in several processes, so they use more than one core.
+
+The engine's per-record work is Python, held by one interpreter lock; ksqlDB
+runs each persistent query as its own Kafka Streams application, and so can
+we. The server's own `EngineRuntime` is worker 0: it takes the statements,
+places each new query on a worker in turn and records it in the command
+topic. `WorkerPool` starts workers 1..n-1, each an `EngineRuntime` in a
+process of its own that follows the command topic and runs its queries with
+its own consumer, transactions and changelog (see `runtime.EngineRuntime`).
+
+    pool = WorkerPool(cluster, engine_id="survey_kit", workers=2)
+    pool.start()
+    pool.statuses()      # what each worker last reported (`EngineRuntime.status()`)
+    pool.stop()
+
+A worker reports its status over a pipe a few times a second and stops when
+the pipe closes, so a killed server takes its workers with it. A worker that
+dies is started again.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import gc
+import logging
+import multiprocessing
+import os
+import threading
+import time
+from multiprocessing.connection import Connection, wait
+from typing import Any
+
+from survey_kit.cluster import Cluster
+
+log = logging.getLogger("survey_kit.ksql.workers")
+
+_REPORT_INTERVAL = 0.2  # seconds between two status reports of a worker
+
+
+class WorkerPool:
+    """Workers 1..`workers`-1 of the engine `engine_id` (worker 0 is the caller's own runtime)."""
+
+    def __init__(self, cluster: Cluster, engine_id: str = "survey_kit", workers: int = 2, commit_interval_ms: int = 20):
+        self.cluster = cluster
+        self.engine_id = engine_id
+        self.workers = workers
+        self.commit_interval_ms = commit_interval_ms
+        self._context = multiprocessing.get_context("spawn")  # no fork: the parent runs threads and Kafka clients
+        self._processes: dict[int, tuple[Any, Connection]] = {}
+        self._statuses: dict[int, dict] = {}
+        self._stopping = threading.Event()
+        self._monitor: threading.Thread | None = None
+
+    def start(self) -> WorkerPool:
+        for worker in range(1, self.workers):
+            self._spawn(worker)
+        self._monitor = threading.Thread(target=self._watch, name="ksql-workers", daemon=True)
+        self._monitor.start()
+        return self
+
+    def statuses(self) -> list[dict]:
+        """The last status of each worker (a worker not heard from yet: not ready, nothing read)."""
+        return [self._statuses.get(worker) or {"worker": worker, "ready": False, "records_in": 0}
+                for worker in range(1, self.workers)]
+
+    def stop(self, timeout: float = 30.0) -> None:
+        """Ask every worker to commit what it processed and stop; kill those that do not within `timeout`."""
+        self._stopping.set()
+        for _, connection in self._processes.values():
+            try:
+                connection.send("stop")
+            except OSError:
+                pass
+        deadline = time.monotonic() + timeout
+        for process, connection in self._processes.values():
+            process.join(max(0.1, deadline - time.monotonic()))
+            if process.is_alive():
+                log.warning("worker %s did not stop within %.0f s; killing it", process.name, timeout)
+                process.kill()
+                process.join(5)
+            connection.close()
+        if self._monitor is not None:
+            self._monitor.join(5)
+
+    def _spawn(self, worker: int) -> None:
+        ours, theirs = self._context.Pipe()
+        process = self._context.Process(
+            target=run_worker, name=f"ksql-worker-{worker}", daemon=True,
+            # a fresh Cluster: the parent's may hold a registry client, which does not cross processes
+            args=(dataclasses.replace(self.cluster), self.engine_id, worker, self.workers, self.commit_interval_ms, theirs),
+        )
+        process.start()
+        theirs.close()  # only the worker holds its end: when the worker dies, ours reads EOF
+        self._processes[worker] = (process, ours)
+        log.info("started ksql worker %d of %d (pid %d)", worker, self.workers, process.pid)
+
+    def _watch(self) -> None:
+        """Collect the workers' reports; start again a worker that died."""
+        while not self._stopping.is_set():
+            by_connection = {connection: worker for worker, (_, connection) in self._processes.items()}
+            for connection in wait(list(by_connection), timeout=0.5):
+                worker = by_connection[connection]
+                try:
+                    self._statuses[worker] = connection.recv()
+                except (EOFError, OSError):
+                    if self._stopping.is_set():
+                        return
+                    process, _ = self._processes[worker]
+                    process.join(5)
+                    log.error("ksql worker %d exited (code %s); starting it again", worker, process.exitcode)
+                    connection.close()
+                    self._statuses.pop(worker, None)
+                    time.sleep(1.0)
+                    self._spawn(worker)
+
+
+def combined_status(own: dict, workers: list[dict]) -> dict:
+    """One status for the whole engine: worker 0's `own` and the others' reports.
+
+    `records_in` is what every worker has read (the smallest count): the
+    pipeline is through an input once all its queries are. Counts of work
+    done are summed; `workers` keeps each worker's own report.
+    """
+    every = [own, *workers]
+    combined = dict(own)
+    combined["ready"] = all(w.get("ready") for w in every)
+    combined["outage"] = next((w["outage"] for w in every if w.get("outage")), None)
+    combined["records_in"] = min(w.get("records_in", 0) for w in every)
+    for count in ("queries", "records_out", "dead_letters", "commits", "aborts", "uncommitted", "assigned_partitions"):
+        combined[count] = sum(w.get(count, 0) for w in every)
+    combined["recoveries"] = max(w.get("recoveries", 0) for w in every)
+    combined["workers"] = every
+    return combined
+
+
+def run_worker(cluster: Cluster, engine_id: str, worker: int, workers: int, commit_interval_ms: int, connection: Connection) -> None:
+    """A worker process: run `EngineRuntime` worker `worker` until told to stop or the pipe closes."""
+    from .runtime import EngineRuntime  # in the child: the parent passes only what the runtime needs
+
+    logging.basicConfig(level=logging.INFO, format=f"%(asctime)s %(levelname)s worker-{worker} %(name)s: %(message)s")
+    for noisy in ("httpx", "httpx2"):  # one line per registry request otherwise, as the server also silences
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+    runtime = EngineRuntime(cluster, engine_id=engine_id, worker=worker, workers=workers, commit_interval_ms=commit_interval_ms)
+    runtime.start()
+    gc.collect()
+    gc.freeze()  # as the server does: start-up objects out of the cyclic GC, whose pauses show in latency
+    try:
+        while True:
+            if connection.poll(_REPORT_INTERVAL):
+                connection.recv()  # "stop", or EOFError: the server is gone
+                break
+            connection.send({**runtime.status(), "pid": os.getpid()})
+    except (EOFError, OSError, KeyboardInterrupt):
+        pass
+    finally:
+        runtime.stop(10)
