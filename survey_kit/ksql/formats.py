@@ -199,6 +199,26 @@ def _to_avro_value(value, sql_type: SqlType):
     return value
 
 
+def _timestamps_as_millis(schema):
+    """`schema` with timestamp-millis read as the plain long it is: the engine holds a TIMESTAMP as epoch
+    milliseconds (as ksqlDB's JSON and KAFKA formats carry it), not as the datetime Avro libraries make of it."""
+    if isinstance(schema, list):
+        return [_timestamps_as_millis(member) for member in schema]
+    if not isinstance(schema, dict):
+        return schema
+    if schema.get("logicalType") == "timestamp-millis" and schema.get("type") == "long":
+        return "long"
+    if schema.get("type") == "record":
+        return {**schema, "fields": [{**field, "type": _timestamps_as_millis(field["type"])} for field in schema.get("fields", [])]}
+    if schema.get("type") == "array":
+        return {**schema, "items": _timestamps_as_millis(schema["items"])}
+    if schema.get("type") == "map":
+        return {**schema, "values": _timestamps_as_millis(schema["values"])}
+    if isinstance(schema.get("type"), (dict, list)):
+        return {**schema, "type": _timestamps_as_millis(schema["type"])}
+    return schema
+
+
 def _from_avro_value(value, sql_type: SqlType):
     if value is None:
         return None
@@ -589,11 +609,12 @@ class AvroFormat(ValueFormat):
         # a writer schema whose every column is there with the column's type is read by renaming
         # fields only (the common case: no per-column coercion, no per-record planning)
         renames = [(column.name, field_name) for column, field_name, convert in plan] if not any(convert or field_name is None for _, field_name, convert in plan) else None
+        written = _timestamps_as_millis(writer)  # the same bytes, read as the engine holds them
         if renames is not None:
-            decode_rows = _renaming_decoder(writer, renames)
+            decode_rows = _renaming_decoder(written, renames)
             if decode_rows is not None:
                 return decode_rows, None, None
-        return avro_decoder(writer), plan, renames
+        return avro_decoder(written), plan, renames
 
     def deserialize(self, data):
         if data is None:
