@@ -301,49 +301,53 @@ class EngineRuntime:
             return 0
         outputs = self.engine.process_batch(run)
         self._positions[where] = run[-1][2] + 1
-        if outputs:
-            self._begin()
-            produce, partition = self._produce, where[1]
-            for out in outputs:
-                produce(out, partition)
+        self._emit(outputs, where[1])
         return len(run)
 
-    def _emit(self, outputs: list[OutputRecord]) -> None:
-        if outputs:
-            self._begin()
-            for out in outputs:
-                self._produce(out)
+    def _emit(self, outputs: list[OutputRecord], input_partition: int = 0) -> None:
+        """Produce `outputs` in order, each to the partition Kafka's Java clients would pick (keyless: the input's).
 
-    def _produce(self, out: OutputRecord, input_partition: int = 0) -> None:
-        """Produce one output to the partition Kafka's Java clients would pick (keyless: the input's)."""
-        topic = out.topic
-        partitions = self._partition_counts.get(topic) or self._partition_count(topic)
-        if out.partition is not None:
-            partition = out.partition
-        elif partitions == 1:
-            partition = 0
-        elif out.key is not None:
-            partition = (murmur2(out.key) & 0x7FFFFFFF) % partitions
-        else:
-            partition = input_partition % partitions
-        if self._replayed:
-            where = (topic, partition)
-            if self._replayed.get(where):
+        Only the last record of each output partition asks for its delivery
+        report: its offset is the partition's new end (records of a partition are
+        delivered in order), and a record that fails makes the transaction fail.
+        A Python callback per record cost ~1 µs of the engine's ~20 µs per entry.
+        """
+        if not outputs:
+            return
+        self._begin()
+        partition_of = self._partition_of
+        placed = [(out, partition_of(out, input_partition)) for out in outputs]
+        last = {(out.topic, partition): i for i, (out, partition) in enumerate(placed)}
+        reporting = set(last.values())
+        produce = self._producer.produce
+        metrics = self.metrics
+        for i, (out, partition) in enumerate(placed):
+            topic = out.topic
+            if self._replayed and self._replayed.get((topic, partition)):
                 # already written by a transaction a crash cut short (visible on the embedded broker)
-                self._replayed[where] -= 1
-                return
-        if out.dead_letter:
-            self.metrics.dead_letters += 1
-        self.metrics.records_out += 1
-        while True:
-            try:
-                self._producer.produce(
-                    topic, out.value, out.key, partition=partition, timestamp=out.timestamp,
-                    headers=list(out.headers) if out.headers else None, on_delivery=self._delivered,
-                )
-                return
-            except BufferError:  # the local queue is full: let deliveries drain
-                self._producer.poll(0.05)
+                self._replayed[(topic, partition)] -= 1
+                continue
+            if out.dead_letter:
+                metrics.dead_letters += 1
+            metrics.records_out += 1
+            report = self._delivered if i in reporting else None
+            headers = list(out.headers) if out.headers else None
+            while True:
+                try:
+                    produce(topic, out.value, out.key, partition=partition, timestamp=out.timestamp, headers=headers, on_delivery=report)
+                    break
+                except BufferError:  # the local queue is full: let deliveries drain
+                    self._producer.poll(0.05)
+
+    def _partition_of(self, out: OutputRecord, input_partition: int) -> int:
+        if out.partition is not None:
+            return out.partition
+        partitions = self._partition_counts.get(out.topic) or self._partition_count(out.topic)
+        if partitions == 1:
+            return 0
+        if out.key is not None:
+            return (murmur2(out.key) & 0x7FFFFFFF) % partitions
+        return input_partition % partitions
 
     def _delivered(self, error, message) -> None:
         if error is None:
