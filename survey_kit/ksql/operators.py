@@ -595,20 +595,29 @@ def _next_window_end(close: int, size: int) -> int:
 def row_builder(source: DataSource, prefix: str):
     """A function building the row of slots of a record of `source` (slot = prefix + column name).
 
-    Made once per query: the per-record work is a few dict operations, in the
-    column order of the source (key columns, value columns, pseudo columns).
+    Made once per query: the per-record work is a few dict operations. Without
+    a prefix, the row starts as a copy of the decoded value, whose keys are the
+    value columns' names (one C-level copy instead of a store per column); the
+    key and pseudo columns are then added.
     """
     key_slots = [prefix + c.name for c in source.key_columns]
     value_slots = [(prefix + c.name, c.name) for c in source.value_columns]
+    # a value of as many fields as the source has value columns is copied (a formats' deserializer
+    # gives exactly the columns); any other value, column by column, a missing column as NULL
+    copied_size = len(value_slots) if prefix == "" else -1
     rowtime, rowpartition, rowoffset = prefix + "ROWTIME", prefix + "ROWPARTITION", prefix + "ROWOFFSET"
     window_size = source.window.size_ms if source.window is not None else None
     windowstart, windowend = prefix + "WINDOWSTART", prefix + "WINDOWEND"
 
     def build(record: InputRecord) -> dict[str, Any]:
-        row = dict(zip(key_slots, record.key))
-        get = record.value.get
-        for slot, name in value_slots:
-            row[slot] = get(name)
+        value = record.value
+        if len(value) == copied_size:
+            row = value.copy()
+        else:
+            get = value.get
+            row = {slot: get(name) for slot, name in value_slots}
+        for slot, part in zip(key_slots, record.key):
+            row[slot] = part
         row[rowtime] = record.timestamp
         row[rowpartition] = record.partition
         row[rowoffset] = record.offset
@@ -625,10 +634,6 @@ def _none(_row):
 
 
 _NONE = Compiled(_none, None)  # the argument of an argument-less aggregate call, e.g. COUNT(*)
-
-
-def _present(outputs: list) -> list[OutputRecord]:
-    return [o for o in outputs if o is not None]
 
 
 def _hashable(key: tuple) -> tuple:

@@ -238,6 +238,24 @@ def _source_scope(source: DataSource, alias: str, prefix: str) -> list[ScopeColu
     return [ScopeColumn(alias, c.name, c.type, prefix + c.name) for c in columns]
 
 
+def _slot_prefixes(left: DataSource, left_alias: str, right: DataSource | None, right_alias: str | None) -> dict[str, str]:
+    """Row slot prefixes by source alias: the joined table's columns are prefixed by its alias.
+
+    The stream's columns keep their names, so a record's row is the same for
+    every query reading the stream and is built once; only when a stream
+    column's name is a prefixed table slot are the stream's prefixed too.
+    """
+    if right is None:
+        return {left_alias: ""}
+    right_prefix = f"{right_alias}_"
+
+    def slot_names(source: DataSource, prefix: str) -> set[str]:
+        return {prefix + c.name for c in source.columns + PSEUDO_COLUMNS + WINDOW_COLUMNS}
+
+    clash = slot_names(left, "") & slot_names(right, right_prefix)
+    return {left_alias: f"{left_alias}_" if clash else "", right_alias: right_prefix}
+
+
 def _join_type_text(kind: str) -> str:
     return {"INNER": "[INNER] JOIN", "LEFT": "LEFT [OUTER] JOIN", "RIGHT": "RIGHT [OUTER] JOIN", "FULL": "[FULL] OUTER JOIN"}[kind]
 
@@ -352,11 +370,10 @@ def plan_query(
         if source.value_format == "KAFKA" and query.group_by:
             raise KsqlError(f"Source(s) {source.name} are using the 'KAFKA' value format. This format does not yet support GROUP BY.")
     is_join = join_ast is not None
-    prefix = {query.source.alias: f"{query.source.alias}_" if is_join else ""}
+    prefix = _slot_prefixes(left, query.source.alias, right, join_ast.right.alias if join_ast else None)
     scope = Scope(_source_scope(left, query.source.alias, prefix[query.source.alias]))
     join_plan = None
     if join_ast:
-        prefix[join_ast.right.alias] = f"{join_ast.right.alias}_"
         scope.columns += [c for c in _source_scope(right, join_ast.right.alias, prefix[join_ast.right.alias]) if c.name not in ("ROWTIME", "ROWPARTITION", "ROWOFFSET")]
         join_plan = _plan_join(query, left, right, scope, join_ast)
 
