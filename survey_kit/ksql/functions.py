@@ -2,13 +2,16 @@
 
 Scalar functions take already-evaluated arguments; like ksqlDB, most return
 NULL when an argument is NULL. Aggregates keep a plain, JSON-friendly state so
-the runtime can write it to a changelog: `init()`, `add(state, value)`,
-`undo(state, value)` (only for those usable on tables), `result(state)`.
+the runtime can write it to a changelog: `init()`, `add(state, value)` or
+`add_all(state, values)` (one value after the other, in one call: an
+aggregation adds a batch's values of a key at once), `undo(state, value)` (only
+for those usable on tables), `result(state)`.
 
-`add` and `undo` may change a mutable state (HISTOGRAM's dict) in place and
-return it: the caller owns the state it passes. A state that others may hold
-(the store, the record cache, the changelog) is first copied with `copy(state)`;
-the operators do so once per key per batch of records, not once per record.
+`add`, `add_all` and `undo` may change a mutable state (HISTOGRAM's dict) in
+place and return it: the caller owns the state it passes. A state that others
+may hold (the store, the record cache, the changelog) is first copied with
+`copy(state)`; the operators do so once per key per batch of records, not once
+per record.
 """
 
 from __future__ import annotations
@@ -169,6 +172,7 @@ class Aggregate:
 
     name = ""
     supports_undo = True
+    changes_in_place = False  # whether add/undo change a state in place (`copy` then copies it)
 
     def __init__(self, arg_type: SqlType | None):
         self.arg_type = arg_type
@@ -183,8 +187,17 @@ class Aggregate:
         """A copy of `state` that `add` and `undo` may change in place (states of immutable values are shared)."""
         return state
 
+    # a subclass defines `add` or `add_all`, each being the other applied to one value or in a loop
+
     def add(self, state, value):
-        raise NotImplementedError
+        """The state with `value` added."""
+        return self.add_all(state, (value,))
+
+    def add_all(self, state, values):
+        """The state with each of `values` added in turn."""
+        for value in values:
+            state = self.add(state, value)
+        return state
 
     def undo(self, state, value):
         raise NotImplementedError
@@ -208,8 +221,8 @@ class Count(Aggregate):
     def init(self):
         return 0
 
-    def add(self, state, value):
-        return state + 1 if self.counts_rows or value is not None else state
+    def add_all(self, state, values):
+        return state + (len(values) if self.counts_rows else sum(value is not None for value in values))
 
     def undo(self, state, value):
         return state - 1 if self.counts_rows or value is not None else state
@@ -271,16 +284,21 @@ class LatestByOffset(Aggregate):
     def result_type(self):
         return self.arg_type
 
-    def add(self, state, value):
-        if value is None and self.ignore_nulls:
-            return state
-        return value
+    def add_all(self, state, values):
+        """The last value (the last non-NULL one when NULLs are ignored)."""
+        if not self.ignore_nulls:
+            return values[-1] if values else state
+        for value in reversed(values):
+            if value is not None:
+                return value
+        return state
 
 
 class Histogram(Aggregate):
     """Counts of each distinct value, at most 1000 distinct values (as ksqlDB)."""
 
     name = "HISTOGRAM"
+    changes_in_place = True
 
     def result_type(self):
         return SqlType("MAP", key=STRING, item=BIGINT)
@@ -291,9 +309,10 @@ class Histogram(Aggregate):
     def copy(self, state):
         return dict(state)
 
-    def add(self, state, value):
-        if value is not None and (value in state or len(state) < HISTOGRAM_LIMIT):
-            state[value] = state.get(value, 0) + 1
+    def add_all(self, state, values):
+        for value in values:
+            if value is not None and (value in state or len(state) < HISTOGRAM_LIMIT):
+                state[value] = state.get(value, 0) + 1
         return state
 
     def undo(self, state, value):

@@ -17,7 +17,7 @@ retract a row's old value before adding its new one.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from operator import call
+from operator import attrgetter, call
 from typing import Any
 
 from .expressions import Compiled, dict_evaluator, evaluate_safely, tuple_evaluator
@@ -125,6 +125,9 @@ class PersistentQuery:
             self._inits = [c.aggregate.init for c in agg.calls]
             self._copiers = [c.aggregate.copy for c in agg.calls]
             self._adders = [c.aggregate.add for c in agg.calls]
+            self._add_alls = [c.aggregate.add_all for c in agg.calls]
+            # aggregates changing their state in place are folded last (see `_fold`)
+            self._fold_order = sorted(range(len(agg.calls)), key=lambda j: agg.calls[j].aggregate.changes_in_place)
             self._undoers = [c.aggregate.undo for c in agg.calls]
             self._results = [(f"__a{j}", c.aggregate.result) for j, c in enumerate(agg.calls)]
             self._key_slots = [f"__k{i}" for i in range(len(agg.group_by))]
@@ -298,26 +301,93 @@ class PersistentQuery:
                 failures.append((record, exc))
 
     # ------------------------------------------------------------ aggregation
+    #
+    # The updates of one key within a batch gather in a `_KeyUpdates`: the key's state, owned by the batch
+    # (copied once from the store, then changed in place), and the records not yet added to it. When
+    # nothing reads the state per update (EMIT FINAL, which emits at window close; the record cache
+    # without HAVING, which keeps the latest update per key) the records are added at once at the end of
+    # the batch (or before windows close), each aggregate folding its values in one call; otherwise they
+    # are added and emitted record by record.
 
-    def _own(self, store, store_key: tuple, key: tuple, stored: dict | None, timestamp: int) -> dict:
-        """The state of `key` for this batch to update in place, put in `store`.
+    def _folds_per_batch(self) -> bool:
+        agg = self.plan.aggregation
+        return agg.emit_final or (self.caching and agg.having is None)
 
-        A copy of the stored state (others may hold that one: the record cache,
-        the changelog, an output not yet serialized), or a new state stamped
-        `timestamp`. Copied once per key per batch, not once per record.
+    def _key_updates(self, store, store_key: tuple, key: tuple, window_start: int | None, timestamp: int) -> _KeyUpdates:
+        """The updates of `key` in this batch, with a state of its own put in `store`.
+
+        The state is a copy of the stored one (others may hold that one: the
+        record cache, the changelog, an output not yet serialized), or a new
+        state stamped `timestamp`: copied once per key per batch.
         """
+        stored = store.get(store_key)
         if stored is None:
             state = {"aggs": [init() for init in self._inits], "ts": timestamp, "key": list(key)}
         else:
             state = {"aggs": [copy(s) for copy, s in zip(self._copiers, stored["aggs"])], "ts": stored["ts"], "key": stored["key"]}
         store.put(store_key, state)
-        return state
+        return _KeyUpdates(key, window_start, state, stored is not None)
 
-    def _add(self, state: dict, row: dict, timestamp: int) -> None:
-        """Add the row's aggregate arguments to an owned state (see `_own`); its timestamp is the latest."""
-        state["aggs"] = list(map(call, self._adders, state["aggs"], self._arguments_of(row)))
-        if timestamp > state["ts"]:
-            state["ts"] = timestamp
+    def _gather(self, updates: dict, store, store_key: tuple, key: tuple, window_start: int | None, record: InputRecord, row: dict) -> _KeyUpdates:
+        """Note the record's update of `key` (its aggregate arguments); `updates` keeps keys in order of their latest update."""
+        entry = updates.pop(store_key, None)
+        if entry is None:
+            entry = self._key_updates(store, store_key, key, window_start, record.timestamp)
+        updates[store_key] = entry
+        entry.arguments.append(self._arguments_of(row))
+        entry.records.append(record)
+        return entry
+
+    def _fold(self, entry: _KeyUpdates, failures: list) -> bool:
+        """Add the entry's pending records to its state, in order; whether any was added.
+
+        Each aggregate adds its values in one call (`Aggregate.add_all`); the
+        state's timestamp becomes the latest of the records. Aggregates that
+        change their state in place come last, so a record failing an
+        aggregate fails before the state changed: the records are then added
+        one by one and the failing ones left out (reported in `failures`).
+        """
+        arguments, records = entry.arguments, entry.records
+        if not records:
+            return False
+        entry.arguments, entry.records = [], []
+        state = entry.state
+        try:
+            self._add_all(state, arguments, records)
+        except Exception:
+            added = False
+            for one, record in zip(arguments, records):
+                try:
+                    self._add_all(state, [one], [record])
+                    added = True
+                except Exception as exc:
+                    failures.append((record, exc))
+            if not added:
+                return False
+        entry.existed = True
+        return True
+
+    def _add_all(self, state: dict, arguments: list[tuple], records: list[InputRecord]) -> None:
+        values = list(zip(*arguments))  # per aggregate call, its values in record order
+        aggs = list(state["aggs"])
+        for j in self._fold_order:
+            aggs[j] = self._add_alls[j](aggs[j], values[j])
+        state["aggs"] = aggs
+        latest = max(map(_timestamp, records))
+        if latest > state["ts"]:
+            state["ts"] = latest
+
+    def _update(self, entry: _KeyUpdates, outputs: list[OutputRecord], failures: list) -> None:
+        """Add an entry's pending record to its state and emit the update (HAVING sees the value before and after)."""
+        old_passed = self._having is not None and entry.existed and self._passes_having(entry.key, entry.state, entry.window_start)
+        if self._fold(entry, failures):
+            self._emit_update(entry.key, entry.state, entry.window_start, old_passed, outputs)
+
+    def _fold_all(self, updates: dict, outputs: list[OutputRecord] | None, failures: list) -> None:
+        """Add every entry's pending records; emit each key's update when `outputs` is given (to the record cache)."""
+        for entry in updates.values():
+            if self._fold(entry, failures) and outputs is not None:
+                self._emit_update(entry.key, entry.state, entry.window_start, False, outputs)
 
     def _post_row(self, key: tuple, state: dict, window_start: int | None) -> dict[str, Any]:
         post: dict[str, Any] = dict(zip(self._key_slots, key))
@@ -367,10 +437,9 @@ class PersistentQuery:
 
     def _aggregate_stream(self, records: list[InputRecord], outputs: list[OutputRecord], failures: list) -> None:
         store = self.stores.get("aggregates")
-        stored_state = store.get
-        group_of, freeze, having = self._group_of, self._freeze, self._having
-        own, add, emit_update = self._own, self._add, self._emit_update
-        owned: dict[tuple, dict] = {}  # the states this batch updates in place
+        group_of, freeze, gather, update = self._group_of, self._freeze, self._gather, self._update
+        per_batch = self._folds_per_batch()
+        updates: dict[tuple, _KeyUpdates] = {}
         metrics = self.metrics
         for record, row in self._input_rows(records, failures):
             try:
@@ -378,26 +447,19 @@ class PersistentQuery:
                 if None in key:
                     metrics.null_key_dropped += 1
                     continue
-                store_key = key if freeze is None else freeze(key)
-                state = owned.get(store_key)
-                if state is None:
-                    stored = stored_state(store_key)
-                    state = owned[store_key] = own(store, store_key, key, stored, record.timestamp)
-                    existed = stored is not None
-                else:
-                    existed = True
-                old_passed = having is not None and existed and self._passes_having(key, state, None)  # before the add changes it
-                add(state, row, record.timestamp)
-                emit_update(key, state, None, old_passed, outputs)
+                entry = gather(updates, store, key if freeze is None else freeze(key), key, None, record, row)
+                if not per_batch:
+                    update(entry, outputs, failures)
             except Exception as exc:
                 failures.append((record, exc))
+        self._fold_all(updates, outputs, failures)
 
     def _aggregate_table(self, records: list[InputRecord], outputs: list[OutputRecord], failures: list) -> None:
-        """Aggregate a table: a changed row retracts its old value (undo) before adding its new one."""
+        """Aggregate a table: a changed row retracts its old value (undo) before adding its new one, record by record."""
         table = self.stores.get("source_table")
         store = self.stores.get("aggregates")
         prefix, build = self._source_prefix, self._build_source_row
-        owned: dict[tuple, dict] = {}
+        updates: dict[tuple, _KeyUpdates] = {}
 
         def grouped(row):
             """(group key, aggregate arguments) of a table row, or None when WHERE drops it or its key has a NULL."""
@@ -408,22 +470,20 @@ class PersistentQuery:
 
         def apply(key, subtract, add, timestamp):
             store_key = _hashable(key)
-            state = owned.get(store_key)
-            if state is None:
-                stored = store.get(store_key)
-                state = owned[store_key] = self._own(store, store_key, key, stored, timestamp)
-                existed = stored is not None
-            else:
-                existed = True
-            old_passed = self._having is not None and existed and self._passes_having(key, state, None)
+            entry = updates.get(store_key)
+            if entry is None:
+                entry = updates[store_key] = self._key_updates(store, store_key, key, None, timestamp)
+            state = entry.state
+            old_passed = self._having is not None and entry.existed and self._passes_having(key, state, None)
             aggs = state["aggs"]
-            if subtract is not None and existed:
+            if subtract is not None and entry.existed:
                 aggs = list(map(call, self._undoers, aggs, subtract))
             if add is not None:
                 aggs = list(map(call, self._adders, aggs, add))
             state["aggs"] = aggs
             if timestamp > state["ts"]:
                 state["ts"] = timestamp
+            entry.existed = True
             self._emit_update(key, state, None, old_passed, outputs)
 
         for record in records:
@@ -465,13 +525,13 @@ class PersistentQuery:
         window = self.plan.aggregation.window
         size, grace = window.size_ms, window.grace_ms
         emit_final = self.plan.aggregation.emit_final
+        per_batch = self._folds_per_batch()
+        updated = None if emit_final else outputs  # where a folded update goes: nowhere before its window closes (EMIT FINAL)
         meta = self.stores.get("meta")
         windows = self.stores.get("windows")
-        stored_state = windows.get
-        group_of, freeze, having = self._group_of, self._freeze, self._having
-        own, add, emit_update = self._own, self._add, self._emit_update
+        group_of, freeze, gather, update = self._group_of, self._freeze, self._gather, self._update
         metrics = self.metrics
-        owned: dict[tuple, dict] = {}
+        updates: dict[tuple, _KeyUpdates] = {}
         # the clock of the partition being read, in locals; written to `meta` when the partition changes,
         # before a window store scan and at the end
         partition = None
@@ -501,34 +561,25 @@ class PersistentQuery:
                 start = timestamp - timestamp % size
                 end = start + size
                 if end > close and (wall_close is None or end > wall_close):
-                    store_key = (partition, start, key if freeze is None else freeze(key))
-                    state = owned.get(store_key)
-                    if state is None:
-                        stored = stored_state(store_key)
-                        state = owned[store_key] = own(windows, store_key, key, stored, timestamp)
-                        existed = stored is not None
-                    else:
-                        existed = True
+                    entry = gather(updates, windows, (partition, start, key if freeze is None else freeze(key)), key, start, record, row)
                     if max_start is None or start > max_start:
                         max_start = start
-                    if emit_final:
-                        add(state, row, timestamp)
-                    else:
-                        old_passed = having is not None and existed and self._passes_having(key, state, start)
-                        add(state, row, timestamp)
-                        emit_update(key, state, start, old_passed, outputs)
+                    if not per_batch:
+                        update(entry, outputs, failures)
                 else:
                     metrics.late_records_dropped += 1
                 if next_scan is None or close >= next_scan:
                     next_scan = _next_window_end(close, size)
+                    self._fold_all(updates, updated, failures)  # the scan reads or forgets states: add what is pending first
                     if emit_final:
                         self._save_clock(meta, partition, stream_time, max_start)
-                        self._emit_closed_windows(partition, close, owned, outputs)
+                        self._emit_closed_windows(partition, close, updates, outputs)
                     else:
                         self._next_expiry[partition] = next_scan
-                        self._expire_windows(partition, close, owned)
+                        self._expire_windows(partition, close, updates)
             except Exception as exc:
                 failures.append((record, exc))
+        self._fold_all(updates, updated, failures)
         if partition is not None:
             self._save_clock(meta, partition, stream_time, max_start)
 
@@ -616,8 +667,9 @@ def row_builder(source: DataSource, prefix: str):
         else:
             get = value.get
             row = {slot: get(name) for slot, name in value_slots}
-        for slot, part in zip(key_slots, record.key):
-            row[slot] = part
+        if key_slots:
+            for slot, part in zip(key_slots, record.key):
+                row[slot] = part
         row[rowtime] = record.timestamp
         row[rowpartition] = record.partition
         row[rowoffset] = record.offset
@@ -627,6 +679,23 @@ def row_builder(source: DataSource, prefix: str):
         return row
 
     return build
+
+
+class _KeyUpdates:
+    """One aggregation key's updates within a batch: its state, owned by the batch, and the records not yet added."""
+
+    __slots__ = ("key", "window_start", "state", "existed", "arguments", "records")
+
+    def __init__(self, key: tuple, window_start: int | None, state: dict, existed: bool):
+        self.key = key
+        self.window_start = window_start
+        self.state = state
+        self.existed = existed  # whether the key had a value before the pending records (HAVING retracts only then)
+        self.arguments: list[tuple] = []  # the aggregate arguments of each pending record
+        self.records: list[InputRecord] = []
+
+
+_timestamp = attrgetter("timestamp")
 
 
 def _none(_row):
