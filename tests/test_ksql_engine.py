@@ -1,12 +1,19 @@
 """The engine core: statements, errors, formats, joins, state and caching (no broker)."""
 
+import io
 import json
+import random
 import struct
+from pathlib import Path
 
+import fastavro
 import pytest
 
 from survey_kit.ksql import Driver, Engine, InMemorySchemaStore, KsqlError
+from survey_kit.ksql.engine import DEFAULT_DEAD_LETTER_TOPIC
 from survey_kit.ksql.functions import HISTOGRAM_LIMIT
+from survey_kit.ksql.pipeline import read_pipeline
+from survey_kit.schemas import load_schema
 
 USERS = "CREATE STREAM users (id STRING KEY, name STRING, city STRING, age INT) WITH (kafka_topic='users', value_format='JSON');"
 
@@ -242,3 +249,115 @@ def test_changelog_values_survive_json_with_decimals():
     second = Driver(restarted)
     pipe_json(second, "prices", "pie", {"price": 2.5})
     assert [r.value for r in second.read("TOP")] == [{"BEST": 2.5, "TOTAL": 3.75}]
+
+
+# ---------------------------------------------------------------- batches
+
+KSQL_DIR = Path(__file__).resolve().parents[1] / "ksql"
+RESPONSES = ["Pumpkin Pie", "Pecan Pie", "Apple Pie"]
+
+
+def survey_pipeline_engine(caching: bool) -> Engine:
+    """The talk's pipeline (ksql/) with one-minute windows, the record cache on or off."""
+    store = InMemorySchemaStore()
+    store.register("survey-entries-value", load_schema("survey-entries"))
+    store.register("survey-questions-value", load_schema("survey-questions"))
+    engine = Engine(schemas=store, properties={"ksql.streams.cache.max.bytes.buffering": "10000000" if caching else "0"})
+    for script in read_pipeline(KSQL_DIR, {"results_window_size": "1 MINUTES", "results_window_grace": "10 SECONDS"}):
+        engine.execute(script.text)
+    return engine
+
+
+def avro_value(engine: Engine, topic: str, schema_name: str, value: dict) -> bytes:
+    schema_id, schema = engine.schemas.latest(f"{topic}-value")
+    out = io.BytesIO(b"\x00" + struct.pack(">I", schema_id))
+    out.seek(5)
+    fastavro.schemaless_writer(out, fastavro.parse_schema(json.loads(schema)), value)
+    return out.getvalue()
+
+
+def survey_records(engine: Engine, count: int) -> list[tuple]:
+    """Questions and entries over 2 partitions: out of order, late, for unknown surveys, null and unreadable values."""
+    rng = random.Random(11)
+    records, offsets = [], {}
+
+    def add(topic, partition, timestamp, key, value):
+        offset = offsets[(topic, partition)] = offsets.get((topic, partition), -1) + 1
+        records.append((topic, partition, offset, timestamp, key, value))
+
+    for i in range(count):
+        timestamp = i * 1_000 + rng.randrange(-40_000, 5_000)  # late beyond the grace now and then
+        survey = str(rng.randrange(5))
+        if i % 50 == 0:  # survey 4 never gets a question: its entries join nothing (LEFT JOIN)
+            question = {"survey_id": survey, "question": f"Question {survey} v{i}?", "summary": "Q", "options": [], "enabled": True}
+            add("survey-questions", 0, timestamp, survey.encode(), None if survey == "4" else avro_value(engine, "survey-questions", "survey-questions", question))
+        entry = {"survey_id": survey, "user_id": str(i), "name": f"user {i}", "company": None, "location": "Lisbon", "response": rng.choice(RESPONSES)}
+        value = avro_value(engine, "survey-entries", "survey-entries", entry)
+        if i % 97 == 0:
+            value = None  # no event on a stream
+        elif i % 89 == 0:
+            value = b"not avro"  # a dead letter
+        add("survey-entries", rng.randrange(2), timestamp, survey.encode(), value)
+    return records
+
+
+AGGREGATES = (
+    "CREATE STREAM votes (survey STRING KEY, answer STRING, weight INT) WITH (kafka_topic='votes', value_format='JSON', partitions=2);"
+    "CREATE TABLE popular AS SELECT answer, COUNT(*) AS n, SUM(weight) AS total FROM votes GROUP BY answer HAVING COUNT(*) % 3 <> 1;"
+    "CREATE TABLE per_minute AS SELECT survey, HISTOGRAM(answer) AS answers, MAX(weight) AS heaviest FROM votes"
+    " WINDOW TUMBLING (SIZE 1 MINUTE, GRACE PERIOD 5 SECONDS) GROUP BY survey;"
+    "CREATE TABLE ballots (id STRING PRIMARY KEY, survey STRING, answer STRING) WITH (kafka_topic='ballots', value_format='JSON');"
+    "CREATE TABLE tally AS SELECT answer, COUNT(*) AS n, HISTOGRAM(survey) AS surveys FROM ballots GROUP BY answer;"
+)
+
+
+def aggregate_engine(caching: bool) -> Engine:
+    """Stream aggregation with HAVING, an EMIT CHANGES window, a table aggregation with retractions."""
+    engine = Engine(properties={"ksql.streams.cache.max.bytes.buffering": "10000000" if caching else "0"})
+    engine.execute(AGGREGATES)
+    return engine
+
+
+def aggregate_records(engine: Engine, count: int) -> list[tuple]:
+    """Votes (out of order, late, null keys and answers) and, every 40 of them, a burst of 10 ballots (updates and deletes)."""
+    rng = random.Random(5)
+    records = []
+    for i in range(count):
+        timestamp = i * 2_000 + rng.randrange(-20_000, 1_000)
+        value = {"answer": rng.choice(["yes", "no", "maybe", None]), "weight": rng.randrange(10)}
+        key = rng.choice(["a", "b", None])
+        records.append(("votes", rng.randrange(2), i, timestamp, key.encode() if key else None, json.dumps(value).encode()))
+        if i % 40 == 39:
+            for j in range(10):
+                ballot = {"survey": rng.choice(["a", "b", None]), "answer": rng.choice(["yes", "no", None])} if rng.random() > 0.2 else None
+                records.append(("ballots", 0, i * 10 + j, timestamp, str(rng.randrange(8)).encode(), json.dumps(ballot).encode() if ballot else None))
+    return records
+
+
+@pytest.mark.parametrize("caching", [True, False], ids=["record cache on", "record cache off"])
+@pytest.mark.parametrize("make_engine, make_records, topics", [
+    (survey_pipeline_engine, survey_records, {"survey-respondents", "survey-responses", "survey-results-live", "survey-results-final", DEFAULT_DEAD_LETTER_TOPIC}),
+    (aggregate_engine, aggregate_records, {"POPULAR", "PER_MINUTE", "TALLY"}),
+], ids=["survey pipeline", "aggregations"])
+def test_process_batch_writes_each_topic_what_process_writes_record_by_record(make_engine, make_records, topics, caching):
+    one_by_one, batched = make_engine(caching), make_engine(caching)
+    records = make_records(one_by_one, 1_500)
+    by_topic = {"one by one": {}, "batched": {}}
+
+    def collect(name, outputs):
+        for out in outputs:
+            by_topic[name].setdefault(out.topic, []).append((out.key, out.value, out.timestamp))
+
+    for start in range(0, len(records), 100):  # a commit every 100 records
+        chunk = records[start:start + 100]
+        for record in chunk:
+            collect("one by one", one_by_one.process(*record))
+        collect("one by one", one_by_one.flush())
+        collect("batched", batched.process_batch(chunk))
+        collect("batched", batched.flush())
+        assert batched.drain_changes() == one_by_one.drain_changes()
+
+    assert by_topic["batched"] == by_topic["one by one"]
+    assert batched.snapshot() == one_by_one.snapshot()
+    assert batched.query_metrics() == one_by_one.query_metrics()
+    assert set(by_topic["batched"]) == topics
