@@ -15,7 +15,9 @@ them with the input offsets and the drained state changes in one transaction.
 
 from __future__ import annotations
 
+import itertools
 import json
+import operator
 from dataclasses import dataclass, field
 
 from . import ast
@@ -27,6 +29,7 @@ from .types import KsqlError
 
 DEAD_LETTER_TOPIC = "survey_kit.dead.letter.topic"
 DEFAULT_DEAD_LETTER_TOPIC = "ksql-dead-letters"
+_topic_of = operator.itemgetter(0)
 
 
 @dataclass
@@ -272,17 +275,13 @@ class Engine:
         differs (the outputs of one query come together). Dead letters come
         last, in record order.
         """
-        records = records if isinstance(records, list) else list(records)
         outputs: list[OutputRecord] = []
         dead_letters: list[tuple[int, int, OutputRecord]] = []  # (record index, reader index, dead letter)
-        start, count = 0, len(records)
-        while start < count:
-            topic = records[start][0]
-            end = start + 1
-            while end < count and records[end][0] == topic:
-                end += 1
-            self._process_run(topic, records[start:end] if start or end < count else records, start, outputs, dead_letters)
-            start = end
+        first_index = 0
+        for topic, run in itertools.groupby(records, _topic_of):
+            run = list(run)
+            self._process_run(topic, run, first_index, outputs, dead_letters)
+            first_index += len(run)
         if dead_letters:
             dead_letters.sort(key=lambda d: (d[0], d[1]))
             outputs += [letter for _, _, letter in dead_letters]

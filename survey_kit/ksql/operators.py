@@ -16,6 +16,7 @@ retract a row's old value before adding its new one.
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass, field
 from operator import attrgetter, call
 from typing import Any
@@ -54,7 +55,8 @@ class InputRecord:
     window_start: int | None
     value: dict | None
     headers: tuple = ()
-    # rows already built from this record, by slot prefix: queries reading the same record share them
+    # rows already built from this record, by slot prefix (joined rows by the pair of prefixes, with the
+    # table row they joined): queries reading the same record share them
     rows: dict = field(default_factory=dict, repr=False)
 
 
@@ -85,8 +87,10 @@ class PersistentQuery:
 
     Records go in by batches (`process_batch`): each operator is one loop over
     a batch, with what it needs per record looked up once per batch. Aggregate
-    states are copied once per key and batch and then updated in place (see
-    `_own`), so a batch of updates to few keys costs little more than the adds.
+    states are copied once per key and batch and then updated in place, and
+    when no update is read one by one, a key's arguments are added at once
+    (see the aggregation section), so a batch of updates to few keys costs
+    little more than gathering them.
     """
 
     def __init__(self, plan: QueryPlan, sink_serdes: Serdes, properties: dict[str, str]):
@@ -114,7 +118,8 @@ class PersistentQuery:
             self._build_table_row = row_builder(plan.join.table, self._table_prefix)
             self._join_key_of = plan.join.stream_key.fn
             self._join_key_slot = plan.join.stream_key.slot  # a plain column: read it, no evaluation
-            self._no_table_row = {self._table_prefix + c.name: None for c in plan.join.table.columns}
+            self._no_table_row = _null_row(tuple(self._table_prefix + c.name for c in plan.join.table.columns))
+            self._joined_slot = (self._source_prefix, self._table_prefix)  # where a record's joined row is kept (see _input_rows)
         self._where = plan.where.fn if plan.where is not None else None
         if plan.aggregation is not None:
             agg = plan.aggregation
@@ -230,15 +235,17 @@ class PersistentQuery:
         """The stream records that carry a value, each with its row: joined with the table, kept by WHERE.
 
         A record's own row is built once and shared by the queries reading it
-        (`InputRecord.rows`, by slot prefix): it is never changed; a join makes
-        a new row.
+        (`InputRecord.rows`, by slot prefix): it is never changed. A join makes
+        a new row, shared too by the queries that join the record with the same
+        table row object (their join tables hold the rows built once from the
+        table's records).
         """
         prefix, build = self._source_prefix, self._build_source_row
         join, where = self._join, self._where
         if join is not None:
             table_get = self.stores.get("join_table").get
             join_key_slot, join_key_of = self._join_key_slot, self._join_key_of
-            no_table_row, inner = self._no_table_row, join.kind == "INNER"
+            no_table_row, inner, joined_slot = self._no_table_row, join.kind == "INNER", self._joined_slot
         kept: list[tuple[InputRecord, dict]] = []
         keep = kept.append
         for record in records:
@@ -256,7 +263,10 @@ class PersistentQuery:
                         if inner:
                             continue
                         table_row = no_table_row
-                    row = {**row, **table_row}
+                    joined = rows.get(joined_slot)  # (table row, joined row)
+                    if joined is None or joined[0] is not table_row:
+                        joined = rows[joined_slot] = (table_row, {**row, **table_row})
+                    row = joined[1]
                 if where is not None and evaluate_safely(where, row) is not True:
                     continue
                 keep((record, row))
@@ -679,6 +689,12 @@ def row_builder(source: DataSource, prefix: str):
         return row
 
     return build
+
+
+@functools.cache
+def _null_row(slots: tuple[str, ...]) -> dict[str, None]:
+    """The slots of a missing table row (LEFT JOIN), one object per set of slots: queries share the joined rows."""
+    return dict.fromkeys(slots)
 
 
 class _KeyUpdates:
