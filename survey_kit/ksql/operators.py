@@ -231,8 +231,10 @@ class PersistentQuery:
 
     # ------------------------------------------------------------ rows
 
-    def _input_rows(self, records: list[InputRecord], failures: list) -> list[tuple[InputRecord, dict]]:
+    def _input_rows(self, records: list[InputRecord], failures: list) -> zip:
         """The stream records that carry a value, each with its row: joined with the table, kept by WHERE.
+
+        (record, row) pairs, made by zipping two lists (a pair is then not an allocation per record).
 
         A record's own row is built once and shared by the queries reading it
         (`InputRecord.rows`, by slot prefix): it is never changed. A join makes
@@ -246,8 +248,9 @@ class PersistentQuery:
             table_get = self.stores.get("join_table").get
             join_key_slot, join_key_of = self._join_key_slot, self._join_key_of
             no_table_row, inner, joined_slot = self._no_table_row, join.kind == "INNER", self._joined_slot
-        kept: list[tuple[InputRecord, dict]] = []
-        keep = kept.append
+        kept: list[InputRecord] = []
+        kept_rows: list[dict] = []
+        keep, keep_row = kept.append, kept_rows.append
         for record in records:
             if record.value is None:  # a null value is no event on a stream
                 continue
@@ -269,10 +272,11 @@ class PersistentQuery:
                     row = joined[1]
                 if where is not None and evaluate_safely(where, row) is not True:
                     continue
-                keep((record, row))
+                keep(record)
+                keep_row(row)
             except Exception as exc:
                 failures.append((record, exc))
-        return kept
+        return zip(kept, kept_rows)
 
     def _update_join_table(self, records: list[InputRecord], failures: list) -> None:
         """Keep the joined table's rows by key (a null value deletes the row)."""

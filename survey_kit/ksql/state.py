@@ -19,12 +19,17 @@ from typing import Any, Iterator
 _DELETED = object()
 
 
+_PLAIN = (str, int, float, bool, type(None))
+
+
 def to_json(value):
     """A JSON-friendly copy of a state value (DECIMAL and BYTES values are tagged)."""
+    if type(value) in _PLAIN:  # most of a state: checked first, as this runs for every value at every commit
+        return value
     if isinstance(value, dict):
-        return {k: to_json(v) for k, v in value.items()}
+        return {k: v if type(v) in _PLAIN else to_json(v) for k, v in value.items()}
     if isinstance(value, (list, tuple)):
-        return [to_json(v) for v in value]
+        return [v if type(v) in _PLAIN else to_json(v) for v in value]
     if isinstance(value, decimal.Decimal):
         return {"$decimal": str(value)}
     if isinstance(value, bytes):
@@ -64,6 +69,7 @@ class Store:
         self.name = name
         self._data: dict[tuple, Any] = {}
         self._dirty: dict[tuple, Any] = {}
+        self._encoded: dict[tuple, str] = {}  # encode_key of the live keys: the same keys change commit after commit
         # `get(key, default=None)` is the data dict's own lookup (operators call it once per record or
         # more); `_data` is therefore never replaced, only changed
         self.get = self._data.get
@@ -88,7 +94,17 @@ class Store:
 
     def drain_changes(self) -> list[tuple[str, Any]]:
         """Changes since the last drain: (encoded key, value or None for a delete)."""
-        changes = [(encode_key(k), None if v is _DELETED else to_json(v)) for k, v in self._dirty.items()]
+        changes = []
+        encoded = self._encoded
+        for key, value in self._dirty.items():
+            text = encoded.get(key)
+            if text is None:
+                text = encoded[key] = encode_key(key)
+            if value is _DELETED:
+                del encoded[key]
+                changes.append((text, None))
+            else:
+                changes.append((text, to_json(value)))
         self._dirty.clear()
         return changes
 
@@ -104,6 +120,7 @@ class Store:
 
     def restore(self, snapshot: dict[str, Any]) -> None:
         self._data.clear()
+        self._encoded.clear()
         self._data.update((decode_key(k), from_json(copy.deepcopy(v))) for k, v in snapshot.items())
         self._dirty.clear()
 
