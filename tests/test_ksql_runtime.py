@@ -29,6 +29,7 @@ from survey_kit.ksql.engine import Engine
 from survey_kit.ksql.formats import RegistrySchemaStore
 from survey_kit.ksql.pipeline import read_pipeline
 from survey_kit.ksql.rest import KsqlRestClient, KsqlServerError
+from survey_kit.ksql.runtime import in_timestamp_order
 from survey_kit.serde import avro_producer
 from survey_kit.stack import EmbeddedStack
 from survey_kit.stack.processes import free_port
@@ -293,6 +294,37 @@ def test_a_killed_server_takes_its_workers_with_it(tmp_path):
             wait_for(lambda: not Path(f"/proc/{worker}").exists(), 30, "worker 1 to exit after the server was killed")
         finally:
             engine.stop()
+
+
+def test_a_pipeline_applied_to_existing_topics_joins_every_entry_to_its_question(tmp_path):
+    """The queries read both topics from their beginning; whichever a fetch returns first, records are
+    processed in timestamp order (as Kafka Streams does), so the earlier question joins every entry."""
+    with EmbeddedStack(data_dir=tmp_path / "stack", services=("broker", "registry")) as stack:
+        cluster = from_stack(stack)
+        create_topics(cluster)
+        register_value_schemas(cluster)
+        survey = Survey(cluster)
+        survey.question("1", timestamp=1)
+        for user in range(200):
+            survey.entry("1", user, OPTIONS["1"][user % 3], 1_000 + user)
+        survey.flush()
+        engine = EngineProcess(stack, tmp_path / "engine").start()
+        try:
+            with engine.client() as client:
+                apply_pipeline(client, KSQL_DIR, SHORT_WINDOW)
+            live = wait_for(lambda: (t := latest_per_key(decoded(cluster, "survey-results-live"))) and sum(t[b"1"]["RESULTS"].values()) == 200 and t,
+                            what="the live histogram of the 200 entries")
+            assert live[b"1"]["QUESTION"] == "Which pie?"
+        finally:
+            engine.stop()
+
+
+def test_records_are_processed_in_timestamp_order_across_partitions():
+    runs = {("survey-entries", 0): [("survey-entries", 0, 0, 1_000), ("survey-entries", 0, 1, 2_000), ("survey-entries", 0, 2, 5)],
+            ("survey-questions", 0): [("survey-questions", 0, 0, 1), ("survey-questions", 0, 1, 1_500)]}
+    order = [(where[0], [record[3] for record in chunk]) for where, chunk in in_timestamp_order(runs)]
+    # the late entry (timestamp 5) stays in its partition's offset order
+    assert order == [("survey-questions", [1]), ("survey-entries", [1_000]), ("survey-questions", [1_500]), ("survey-entries", [2_000, 5])]
 
 
 def test_the_engine_survives_a_hung_broker(running):

@@ -230,7 +230,7 @@ class EngineRuntime:
         now = time.monotonic()
         if not self.leader and now - self._last_tail > 0.1:
             self._follow_commands()
-        if self._resync_wanted or now - self._last_resync > 2.0:
+        if self._resync_wanted or now - self._last_resync > 5.0:  # a metadata round trip: not too often
             self._sync_assignment()
         messages = self._fetch() if self._assigned else []
         if not self._assigned:
@@ -268,30 +268,31 @@ class EngineRuntime:
         return [first, *self._consumer.consume(self.batch_size - 1, 0)]
 
     def _process(self, messages) -> None:
-        """Feed a fetch to the engine, one run of consecutive records of a partition per `process_batch` call."""
-        processed = 0
-        run: list[tuple] = []
-        run_partition: tuple[str, int] | None = None
+        """Feed a fetch to the engine: its records in timestamp order across partitions, a run of one partition per `process_batch` call."""
+        runs: dict[tuple[str, int], list[tuple]] = {}
+        errors = []
+        assigned = self._assigned
         for message in messages:
             error = message.error()
             if error is not None:
-                processed += self._process_run(run_partition, run)
-                run = []
-                self._consumer_error(error)
+                errors.append(error)
                 continue
             where = (message.topic(), message.partition())
-            if where != run_partition:
-                processed += self._process_run(run_partition, run)
-                run, run_partition = [], where
-                if where not in self._assigned:
-                    run_partition = None  # a partition released since the fetch (its topic no longer read)
-            if run_partition is not None:
-                run.append((where[0], where[1], message.offset(), message.timestamp()[1], message.key(), message.value(), message.headers() or ()))
-        processed += self._process_run(run_partition, run)
+            run = runs.get(where)
+            if run is None:
+                if where not in assigned:
+                    continue  # a partition released since the fetch (its topic no longer read)
+                run = runs[where] = []
+            run.append((where[0], where[1], message.offset(), message.timestamp()[1], message.key(), message.value(), message.headers() or ()))
+        processed = 0
+        for where, run in in_timestamp_order(runs):
+            processed += self._process_run(where, run)
         if processed:
             self._begin()  # offsets advanced: they are committed in a transaction even without outputs
             self._uncommitted += processed
             self.metrics.records_in += processed
+        for error in errors:
+            self._consumer_error(error)
         if processed and self._outage is not None:
             self._recovered()
 
@@ -391,8 +392,9 @@ class EngineRuntime:
             }
             self._producer.produce(self.changelog_topic, json.dumps(checkpoint, separators=(",", ":")).encode(), CHECKPOINT_KEY)
             offsets = [TopicPartition(t, p, o) for (t, p), o in self._positions.items() if o >= 0]
-            if offsets and time.monotonic() - self._last_group_offsets > 1.0:
-                # also in the consumer group, where lag monitors look (once a second: it costs two round trips)
+            if offsets and time.monotonic() - self._last_group_offsets > 5.0:
+                # also in the consumer group, where lag monitors look (every 5 s: it adds two round trips to a
+                # commit, and each update waits for about two commits)
                 self._producer.send_offsets_to_transaction(offsets, self._consumer.consumer_group_metadata(), 30)
                 self._last_group_offsets = time.monotonic()
             self._commit_transaction()
@@ -588,7 +590,7 @@ class EngineRuntime:
         self._ensure_topic(self.changelog_topic, {"cleanup.policy": "delete", "retention.ms": "-1"})
         producer = Producer(self.cluster.producer_config(**{
             "transactional.id": self.group_id,
-            "linger.ms": 1,  # outputs are flushed at each commit anyway
+            "linger.ms": 0,  # a commit waits for its outputs: any linger is added to the update latency
             "transaction.timeout.ms": 60_000,
             **self._quiet,
         }))
@@ -902,6 +904,37 @@ class EngineRuntime:
             "uncommitted": self._uncommitted,
             **self.metrics.__dict__,
         }
+
+
+def in_timestamp_order(runs: dict) -> list[tuple]:
+    """(partition, records) chunks of `runs` (each partition's records in offset order) in Kafka Streams' order.
+
+    Kafka Streams processes next the record with the lowest timestamp among the
+    partitions' next records, so a table row joins the stream records that come
+    after it in time, whichever topic a fetch returned first. Records are
+    (topic, partition, offset, timestamp, ...) tuples; a chunk runs as long as
+    its partition stays the earliest.
+    """
+    if len(runs) < 2:
+        return list(runs.items())
+    position = dict.fromkeys(runs, 0)
+    chunks = []
+    while position:
+        where = min(position, key=lambda w: runs[w][position[w]][3])
+        run, start = runs[where], position[where]
+        limit = min(runs[w][position[w]][3] for w in position if w != where) if len(position) > 1 else None
+        end = start + 1
+        if limit is None:
+            end = len(run)
+        else:
+            while end < len(run) and run[end][3] <= limit:
+                end += 1
+        chunks.append((where, run[start:end]))
+        if end == len(run):
+            del position[where]
+        else:
+            position[where] = end
+    return chunks
 
 
 def _statement_partitions(text: str) -> int | None:
