@@ -308,9 +308,14 @@ class PersistentQuery:
         topic, key_of, value_of = self._sink_topic, self._key_of, self._value_of
         serialize_key, serialize_value = self._serialize_key, self._serialize_value
         emit = outputs.append
+        sink = self.plan.sink
+        # a sink without key columns (and no window): every record has the same key bytes (none), made once
+        fixed_key = not sink.key_columns and sink.window is None
+        key_bytes = serialize_key((), None) if fixed_key else None
         for record, row in self._input_rows(records, failures):
             try:
-                emit(OutputRecord(topic, serialize_key(key_of(row), record.window_start), serialize_value(value_of(row)), record.timestamp))
+                key = key_bytes if fixed_key else serialize_key(key_of(row), record.window_start)
+                emit(OutputRecord(topic, key, serialize_value(value_of(row)), record.timestamp))
             except Exception as exc:
                 failures.append((record, exc))
 
