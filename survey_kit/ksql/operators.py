@@ -361,10 +361,12 @@ class PersistentQuery:
         """Add the entry's pending records to its state, in order; whether any was added.
 
         Each aggregate adds its values in one call (`Aggregate.add_all`); the
-        state's timestamp becomes the latest of the records. Aggregates that
-        change their state in place come last, so a record failing an
-        aggregate fails before the state changed: the records are then added
-        one by one and the failing ones left out (reported in `failures`).
+        state's timestamp becomes the latest of the records. When a record
+        makes an aggregate fail, the records are added again one by one and the
+        failing ones left out (reported in `failures`), as if never seen: the
+        aggregates that change their state in place (HISTOGRAM, which cannot
+        fail on its STRING values) come last, so the failure comes before the
+        state changed.
         """
         arguments, records = entry.arguments, entry.records
         if not records:
@@ -387,6 +389,7 @@ class PersistentQuery:
         return True
 
     def _add_all(self, state: dict, arguments: list[tuple], records: list[InputRecord]) -> None:
+        """Add the records' aggregate arguments to `state` (see `_fold`)."""
         values = list(zip(*arguments))  # per aggregate call, its values in record order
         aggs = list(state["aggs"])
         for j in self._fold_order:
