@@ -3,12 +3,14 @@
     engine = Engine(schemas=InMemorySchemaStore())
     engine.execute(open("ksql/01_survey_entries.sql").read())
     outputs = engine.process("survey-entries", 0, 42, ts, key_bytes, value_bytes)
+    outputs += engine.process_batch(fetched)  # many (topic, partition, offset, ts, key, value) at once
     outputs += engine.punctuate(now_ms)   # wall-clock work (opt-in EMIT FINAL closing)
     outputs += engine.flush()             # at commit: updates held by the record cache
     changes = engine.drain_changes()      # state changes to write to a changelog
 
 The engine is pure: it never talks to Kafka. A runtime consumes
-`engine.source_topics()`, calls `process` per record, produces the returned
+`engine.source_topics()`, calls `process_batch` per fetch (or `process` per
+record: the same outputs per topic, slower), produces the returned
 `OutputRecord`s (dead letters included, flagged `dead_letter`), and commits
 them with the input offsets and the drained state changes in one transaction.
 """
