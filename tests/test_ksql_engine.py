@@ -361,3 +361,26 @@ def test_process_batch_writes_each_topic_what_process_writes_record_by_record(ma
     assert batched.snapshot() == one_by_one.snapshot()
     assert batched.query_metrics() == one_by_one.query_metrics()
     assert set(by_topic["batched"]) == topics
+
+
+def test_an_aggregate_adds_a_batch_of_values_as_it_adds_them_one_by_one():
+    from survey_kit.ksql.functions import make_aggregate
+    from survey_kit.ksql.types import BIGINT, STRING
+
+    words = [f"w{i % (HISTOGRAM_LIMIT + 7)}" if i % 5 else None for i in range(3 * HISTOGRAM_LIMIT)]
+    numbers = [i if i % 4 else None for i in range(50)]
+    cases = [
+        (make_aggregate("HISTOGRAM", STRING, False, []), words),
+        (make_aggregate("LATEST_BY_OFFSET", STRING, False, []), words + [None, None]),  # NULLs ignored: the last word
+        (make_aggregate("LATEST_BY_OFFSET", STRING, False, [False]), words + [None]),  # NULLs kept: NULL
+        (make_aggregate("COUNT", BIGINT, False, []), numbers),
+        (make_aggregate("COUNT", None, True, []), numbers),
+        (make_aggregate("SUM", BIGINT, False, []), numbers),
+        (make_aggregate("MAX", BIGINT, False, []), numbers),
+    ]
+    for aggregate, values in cases:
+        one_by_one = aggregate.init()
+        for value in values:
+            one_by_one = aggregate.add(aggregate.copy(one_by_one), value)
+        at_once = aggregate.add_all(aggregate.init(), tuple(values))
+        assert at_once == one_by_one, aggregate.name
