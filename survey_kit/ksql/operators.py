@@ -130,9 +130,8 @@ class PersistentQuery:
             self._inits = [c.aggregate.init for c in agg.calls]
             self._copiers = [c.aggregate.copy for c in agg.calls]
             self._adders = [c.aggregate.add for c in agg.calls]
-            self._add_alls = [c.aggregate.add_all for c in agg.calls]
-            # aggregates changing their state in place are folded last (see `_fold`)
-            self._fold_order = sorted(range(len(agg.calls)), key=lambda j: agg.calls[j].aggregate.changes_in_place)
+            # (index, add_all) of each aggregate call; those changing their state in place last (see `_fold`)
+            self._folders = sorted(enumerate(c.aggregate.add_all for c in agg.calls), key=lambda f: agg.calls[f[0]].aggregate.changes_in_place)
             self._undoers = [c.aggregate.undo for c in agg.calls]
             self._results = [(f"__a{j}", c.aggregate.result) for j, c in enumerate(agg.calls)]
             self._key_slots = [f"__k{i}" for i in range(len(agg.group_by))]
@@ -391,9 +390,9 @@ class PersistentQuery:
     def _add_all(self, state: dict, arguments: list[tuple], records: list[InputRecord]) -> None:
         """Add the records' aggregate arguments to `state` (see `_fold`)."""
         values = list(zip(*arguments))  # per aggregate call, its values in record order
-        aggs = list(state["aggs"])
-        for j in self._fold_order:
-            aggs[j] = self._add_alls[j](aggs[j], values[j])
+        aggs = state["aggs"][:]
+        for j, add_all in self._folders:
+            aggs[j] = add_all(aggs[j], values[j])
         state["aggs"] = aggs
         latest = max(map(_timestamp, records))
         if latest > state["ts"]:
