@@ -13,9 +13,9 @@ its own consumer, transactions and changelog (see `runtime.EngineRuntime`).
     pool.statuses()      # what each worker last reported (`EngineRuntime.status()`)
     pool.stop()
 
-A worker reports its status over a pipe a few times a second and stops when
-the pipe closes, so a killed server takes its workers with it. A worker that
-dies is started again.
+A worker reports its status over a pipe a few times a second, hears over it
+that worker 0 recorded statements, and stops when the pipe closes, so a
+killed server takes its workers with it. A worker that dies is started again.
 """
 
 from __future__ import annotations
@@ -57,6 +57,14 @@ class WorkerPool:
         self._monitor = threading.Thread(target=self._watch, name="ksql-workers", daemon=True)
         self._monitor.start()
         return self
+
+    def notify(self) -> None:
+        """Tell every worker that worker 0 recorded statements (they read them from the command topic)."""
+        for _, connection in list(self._processes.values()):
+            try:
+                connection.send("commands")
+            except OSError:
+                pass  # a worker that died: started again, it reads every statement anyway
 
     def statuses(self) -> list[dict]:
         """The last status of each worker (a worker not heard from yet: not ready, nothing read)."""
@@ -147,7 +155,9 @@ def run_worker(cluster: Cluster, engine_id: str, worker: int, workers: int, comm
     try:
         while True:
             if connection.poll(_REPORT_INTERVAL):
-                connection.recv()  # "stop", or EOFError: the server is gone
+                if connection.recv() == "commands":  # else "stop", or EOFError: the server is gone
+                    runtime.commands_changed()
+                    continue
                 break
             connection.send({**runtime.status(), "pid": os.getpid()})
     except (EOFError, OSError, KeyboardInterrupt):
