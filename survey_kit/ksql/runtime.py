@@ -37,6 +37,7 @@ from __future__ import annotations
 
 import json
 import logging
+import queue
 import threading
 import time
 from dataclasses import dataclass
@@ -163,9 +164,12 @@ class EngineRuntime:
         self._commands: list[Command] = self._read_backup()
         self._owners: dict[str, int] = {}  # query id -> the worker that runs it
         self._command_offset = 0  # followers: the next record of the command topic to apply
-        self._commands_changed = threading.Event()  # followers: worker 0 says it recorded statements
+        self._recorded: queue.SimpleQueue = queue.SimpleQueue()  # followers: (offset, command) worker 0 recorded
         self._last_follow = 0.0
-        self.on_recorded: Callable[[], None] | None = None  # worker 0: told after each recorded statement
+        # worker 0: told the (offset, command) of the statements each request recorded, all at once, so
+        # that another worker starts a request's queries together, as worker 0 does (under its lock)
+        self.on_recorded: Callable[[list[tuple[int, bytes]]], None] | None = None
+        self._just_recorded: list[tuple[int, bytes]] = []
         # librdkafka would log every failed reconnect; errors come to _client_error instead
         self._quiet = {"error_cb": self._client_error, "log_level": 2}
         self._admin = AdminClient(cluster.admin_config(**self._quiet))
@@ -229,7 +233,7 @@ class EngineRuntime:
         if self._needs_recovery:
             self._recover()
         now = time.monotonic()
-        if not self.leader and (self._commands_changed.is_set() or now - self._last_follow > 2.0):
+        if not self.leader and (not self._recorded.empty() or now - self._last_follow > 30.0):
             self._follow_commands()
         if self._resync_wanted or now - self._last_resync > 2.0:
             self._sync_assignment()
@@ -449,23 +453,35 @@ class EngineRuntime:
         request_properties = {str(k): str(v) for k, v in (properties or {}).items()}
         results: list[tuple[ast.Statement, StatementResult]] = []
         with self._lock:
-            for piece in split_statements(ksql):
-                try:
-                    text = substitute(piece.text, scope)
-                    statement = parse_statement(type(piece)(text, piece.line, piece.column))
-                    if isinstance(statement, ast.Define):
-                        scope[statement.name] = statement.value
-                    elif isinstance(statement, ast.Undefine):
-                        scope.pop(statement.name, None)
-                    elif isinstance(statement, ast.SetProperty):
-                        request_properties[statement.name] = statement.value
-                    elif isinstance(statement, ast.UnsetProperty):
-                        request_properties.pop(statement.name, None)
-                    else:
-                        results.append((statement, self._execute_statement(statement, request_properties)))
-                except KsqlError as exc:
-                    raise StatementFailed(str(exc), piece.text, results) from None
+            try:
+                self._execute_pieces(ksql, scope, request_properties, results)
+            finally:
+                self._pass_on_recorded()
         return results
+
+    def _pass_on_recorded(self) -> None:
+        recorded, self._just_recorded = self._just_recorded, []
+        if recorded and self.on_recorded is not None:
+            self.on_recorded(recorded)
+
+    def _execute_pieces(self, ksql: str, scope: dict, request_properties: dict, results: list) -> None:
+        """Run the statements of one request in order, appending (statement, result) to `results`."""
+        for piece in split_statements(ksql):
+            try:
+                text = substitute(piece.text, scope)
+                statement = parse_statement(type(piece)(text, piece.line, piece.column))
+                if isinstance(statement, ast.Define):
+                    scope[statement.name] = statement.value
+                elif isinstance(statement, ast.Undefine):
+                    scope.pop(statement.name, None)
+                elif isinstance(statement, ast.SetProperty):
+                    request_properties[statement.name] = statement.value
+                elif isinstance(statement, ast.UnsetProperty):
+                    request_properties.pop(statement.name, None)
+                else:
+                    results.append((statement, self._execute_statement(statement, request_properties)))
+            except KsqlError as exc:
+                raise StatementFailed(str(exc), piece.text, results) from None
 
     def _execute_statement(self, statement: ast.Statement, request_properties: dict[str, str]) -> StatementResult:
         if isinstance(statement, ast.CreateSource):
@@ -535,10 +551,13 @@ class EngineRuntime:
         if self._command_producer is None:
             self._command_producer = Producer(self.cluster.producer_config(**{"acks": "all", **self._quiet}))
         failures: list[KafkaError] = []
+        offsets: list[int] = []
 
         def delivered(error, message) -> None:
             if error is not None:
                 failures.append(error)
+            else:
+                offsets.append(message.offset())
 
         self._command_producer.produce(self.command_topic, command.encode(), on_delivery=delivered)
         remaining = self._command_producer.flush(30)
@@ -546,8 +565,8 @@ class EngineRuntime:
             reason = failures[0].str() if failures else "timed out"
             self._command_producer = None  # a producer that failed may be stuck (e.g. a broker that lost its state)
             raise RuntimeUnavailable(f"the statement ran but could not be recorded in {self.command_topic} ({reason}); it will not survive a restart")
-        if self.on_recorded is not None:
-            self.on_recorded()
+        if offsets:
+            self._just_recorded.append((offsets[0], command.encode()))
         if not remember:
             return
         self._commands.append(command)
@@ -625,6 +644,7 @@ class EngineRuntime:
         if replay_and_record:
             for command in applied:
                 self._record(command, remember=False)
+            self._pass_on_recorded()
             self._commands = applied
         elif self.leader:
             self._commands = applied
@@ -678,28 +698,39 @@ class EngineRuntime:
         self._owners[source.written_by] = owner
         self.engine.run_only(q for q in self.engine.queries if self._owners.get(q, 0) == self.worker)
 
-    def commands_changed(self) -> None:
-        """Workers other than 0: worker 0 recorded statements; apply them at the next step."""
-        self._commands_changed.set()
+    def commands_recorded(self, recorded: list[tuple[int, bytes]]) -> None:
+        """Workers other than 0: the (offset, command) statements one request to worker 0 recorded; applied together at the next step."""
+        self._recorded.put(recorded)
 
     def _follow_commands(self) -> None:
         """Workers other than 0: apply the statements worker 0 recorded since the last look.
 
-        Told by worker 0 through `commands_changed` (the worker pool passes it on)
-        and, in case a word was missed, every 2 s.
+        Worker 0 passes each one on as it records it (through the worker pool);
+        the command topic is read instead when one was missed (an offset gap)
+        and, as a safety net, every 30 s (a read of the topic to its end takes
+        the embedded broker a while: not on every step).
         """
-        self._commands_changed.clear()
         self._last_follow = time.monotonic()
-        # read from the beginning: a read starting near the end stalls on the embedded broker, whose
-        # listed end offset can be short of the real one (see tests/test_broker_quirks.py)
-        messages = [m for m in self._read_topic(self.command_topic) if m.value() and m.offset() >= self._command_offset]
-        if not messages:
+        told = []
+        while not self._recorded.empty():
+            told += self._recorded.get()
+        fresh = [(offset, command) for offset, command in told if offset >= self._command_offset]
+        if told and not fresh:
+            return  # already applied (read at the last rebuild)
+        if fresh and [offset for offset, _ in fresh] == list(range(self._command_offset, self._command_offset + len(fresh))):
+            pending = [(offset, Command.decode(command)) for offset, command in fresh]
+        else:
+            # read from the beginning: a read starting near the end stalls on the embedded broker, whose
+            # listed end offset can be short of the real one (see tests/test_broker_quirks.py)
+            pending = [(m.offset(), Command.decode(m.value())) for m in self._read_topic(self.command_topic)
+                       if m.value() and m.offset() >= self._command_offset]
+        if not pending:
             return
         with self._lock:
             self._commit()  # what was processed under the old statements is committed under them
-            for message in messages:
-                self._replay(Command.decode(message.value()))
-                self._command_offset = message.offset() + 1
+            for offset, command in pending:
+                self._replay(command)
+                self._command_offset = offset + 1
             self._ensure_sink_topics()
             self._resync_wanted = True
 

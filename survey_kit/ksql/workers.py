@@ -13,8 +13,8 @@ its own consumer, transactions and changelog (see `runtime.EngineRuntime`).
     pool.statuses()      # what each worker last reported (`EngineRuntime.status()`)
     pool.stop()
 
-A worker reports its status over a pipe a few times a second, hears over it
-that worker 0 recorded statements, and stops when the pipe closes, so a
+A worker reports its status over a pipe a few times a second, gets over it
+each statement worker 0 records, and stops when the pipe closes, so a
 killed server takes its workers with it. A worker that dies is started again.
 """
 
@@ -58,13 +58,13 @@ class WorkerPool:
         self._monitor.start()
         return self
 
-    def notify(self) -> None:
-        """Tell every worker that worker 0 recorded statements (they read them from the command topic)."""
+    def notify(self, recorded: list[tuple[int, bytes]]) -> None:
+        """Pass on the (offset, command) statements one request to worker 0 recorded to every worker."""
         for _, connection in list(self._processes.values()):
             try:
-                connection.send("commands")
+                connection.send(("commands", recorded))
             except OSError:
-                pass  # a worker that died: started again, it reads every statement anyway
+                pass  # a worker that died: started again, it reads every statement from the topic
 
     def statuses(self) -> list[dict]:
         """The last status of each worker (a worker not heard from yet: not ready, nothing read)."""
@@ -155,8 +155,9 @@ def run_worker(cluster: Cluster, engine_id: str, worker: int, workers: int, comm
     try:
         while True:
             if connection.poll(_REPORT_INTERVAL):
-                if connection.recv() == "commands":  # else "stop", or EOFError: the server is gone
-                    runtime.commands_changed()
+                message = connection.recv()  # a recorded statement, "stop", or EOFError: the server is gone
+                if isinstance(message, tuple) and message[0] == "commands":
+                    runtime.commands_recorded(message[1])
                     continue
                 break
             connection.send({**runtime.status(), "pid": os.getpid()})
