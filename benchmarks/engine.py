@@ -250,8 +250,8 @@ def latency(cluster, seconds: float, rate: int = 1_000) -> list[float]:
 
     reader = threading.Thread(target=read)
     reader.start()
-    # as the bot produces entries (bot/delivery.py): the embedded broker's fetches cost more with every
-    # batch in a partition, so one batch per entry (linger 0) would measure the broker more than the engine
+    # as the bot produces entries (bot/delivery.py: linger 5 ms); one batch per entry also loads the
+    # embedded broker more than the engine
     producer = Producer(cluster.producer_config(**{"linger.ms": 5}))
 
     def entry(survey_id: str, i: int) -> bytes:

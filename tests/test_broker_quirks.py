@@ -6,11 +6,10 @@ noticed) and, where the project works around it, that the workaround does its jo
 
 from __future__ import annotations
 
-import os
 import time
 import uuid
 
-from confluent_kafka import OFFSET_END, Consumer, Producer, TopicPartition
+from confluent_kafka import Consumer, Producer, TopicPartition
 from confluent_kafka.admin import AdminClient, ConfigResource, NewTopic
 
 from survey_kit.consume import read_messages
@@ -91,45 +90,3 @@ def test_describe_configs_returns_only_explicit_configs(cluster):
     configs = admin.describe_configs([resource])[resource].result()
     assert configs["cleanup.policy"].value == "compact"
     assert "retention.ms" not in configs  # Kafka would list every broker default too
-
-
-def test_a_fetch_costs_the_broker_more_the_more_batches_its_partition_holds(stack, cluster):
-    """Tansu 0.6 (memory storage) works through a partition's batches to serve a fetch: reading the new
-    records of a partition of 3,000 batches keeps the broker far busier than of one of 10. Kafka finds
-    the fetch offset in an index. This is why the engine's update latency grows as single-entry batches
-    accumulate (benchmarks/engine.py, README)."""
-    broker = stack.status()["broker"]["pid"]
-
-    def broker_cpu_seconds() -> float:
-        with open(f"/proc/{broker}/stat") as stat:
-            fields = stat.read().rsplit(")", 1)[1].split()
-        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")  # utime + stime
-
-    def following(topic: str, records: int = 100) -> float:
-        """Broker CPU seconds while a consumer at the end of `topic` reads `records` produced one by one."""
-        consumer = Consumer(cluster.consumer_config(**{"fetch.wait.max.ms": 5}))
-        consumer.assign([TopicPartition(topic, 0, OFFSET_END)])
-        consumer.consume(1, 1.0)
-        producer = Producer(cluster.producer_config(**{"linger.ms": 0}))
-        before = broker_cpu_seconds()
-        read = 0
-        for _ in range(records):
-            producer.produce(topic, value=b"x")
-            producer.flush(10)
-            read += len(consumer.consume(100, 0.002))
-        while read < records:
-            batch = consumer.consume(100, 5.0)
-            assert batch, f"only {read} of {records} records came back"
-            read += len(batch)
-        used = broker_cpu_seconds() - before
-        consumer.close()
-        return used
-
-    few, many = cluster.topics.entries, cluster.topics.responses
-    producer = Producer(cluster.producer_config(**{"linger.ms": 0, "batch.num.messages": 1}))  # one record per batch
-    for topic, batches in ((few, 10), (many, 3_000)):
-        for _ in range(batches):
-            producer.produce(topic, value=b"x")
-        producer.flush(60)
-    at_few, at_many = following(few), following(many)
-    assert at_many > 3 * at_few, f"broker CPU: {at_few:.2f} s following 10 batches, {at_many:.2f} s following 3,000"
