@@ -27,18 +27,10 @@ from survey_kit.ksql.formats import (
     avro_encoder,
     avro_value_schema,
 )
-from survey_kit.ksql.types import SqlType, coerce
+from survey_kit.ksql.types import BIGINT, BOOLEAN, BYTES, DOUBLE, INT, STRING, TIMESTAMP, SqlType, coerce
 from survey_kit.schemas import load_schema
 
 ROWS = 300
-
-BOOLEAN = SqlType("BOOLEAN")
-INT = SqlType("INT")
-BIGINT = SqlType("BIGINT")
-DOUBLE = SqlType("DOUBLE")
-STRING = SqlType("STRING")
-BYTES = SqlType("BYTES")
-TIMESTAMP = SqlType("TIMESTAMP")
 
 
 def decimal_type(precision, scale):
