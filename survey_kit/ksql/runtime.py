@@ -795,13 +795,13 @@ class EngineRuntime:
             log.warning("a crash left %s output records past the last checkpoint; their repeats will be skipped",
                         ", ".join(f"{n} on {t}[{p}]" for (t, p), n in sorted(self._replayed.items())))
 
-    def _read_topic(self, topic: str, start: int = OFFSET_BEGINNING) -> list:
-        """Every committed record of `topic` from offset `start`, to its end (end-of-partition, never the listed watermark)."""
+    def _read_topic(self, topic: str) -> list:
+        """Every committed record of `topic`, to its end (end-of-partition, never the listed watermark)."""
         partitions = self._partitions(topic)
         consumer = Consumer(self.cluster.consumer_config(**{"enable.partition.eof": True, "isolation.level": "read_committed", "fetch.wait.max.ms": 10, **self._quiet}))
         records = []
         try:
-            consumer.assign([TopicPartition(topic, p, start) for p in partitions])
+            consumer.assign([TopicPartition(topic, p, OFFSET_BEGINNING) for p in partitions])
             open_partitions = set(partitions)
             deadline = time.monotonic() + 10
             while open_partitions:
