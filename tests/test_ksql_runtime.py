@@ -275,12 +275,16 @@ def test_rest_answers_as_ksqldb(running):
     assert httpx.get(engine.url + "/healthcheck").json()["isHealthy"] is True
 
 
-def test_the_queries_run_in_two_worker_processes(running):
+def test_the_queries_run_in_two_worker_processes_and_one_reads_kafka_for_both(running):
     stack, cluster, engine = running
     # placed in turn: respondents + live on worker 0, responses + final on worker 1 (which follows the
     # statements worker 0 recorded, a moment later)
     wait_for(lambda: [(w["worker"], w["queries"]) for w in engine.info()["workers"]] == [(0, 2), (1, 2)],
              30, "each worker to run two queries")
+    workers = engine.info()["workers"]
+    # each reads survey-entries and survey-questions (a partition each), but only worker 0 fetches them
+    assert [w["assigned_partitions"] for w in workers] == [2, 2]
+    assert [w["fetching_partitions"] for w in workers] == [2, 0]
     with engine.client() as client:  # every worker knows the whole pipeline; statements see all of it
         assert len(client.execute("SHOW QUERIES;")[0]["queries"]) == 4
 
@@ -360,8 +364,20 @@ def reference_outputs(cluster, entries, questions):
     return driver.outputs
 
 
-def run_with_kills(cluster, engine: EngineProcess, rng: random.Random) -> list:
-    """Apply the pipeline, feed entries for ~20 s while SIGKILLing the engine at random moments; the entries."""
+def kill_the_engine(engine: EngineProcess) -> None:
+    engine.kill()
+    engine.start()
+
+
+def kill_worker_1(engine: EngineProcess) -> None:
+    """SIGKILL worker 1 alone; the server starts it again (a second later) and it reports in."""
+    pid = engine.info()["workers"][1]["pid"]
+    os.kill(pid, signal.SIGKILL)
+    wait_for(lambda: (w := engine.info()["workers"][1]).get("pid") not in (None, pid) and w["ready"], 60, "worker 1 to be started again")
+
+
+def run_with_kills(cluster, engine: EngineProcess, rng: random.Random, kill=kill_the_engine) -> list:
+    """Apply the pipeline, feed entries for ~20 s while `kill`ing (SIGKILL) at random moments; the entries."""
     with engine.client() as client:
         apply_pipeline(client, KSQL_DIR, SHORT_WINDOW)
     survey = Survey(cluster)
@@ -398,19 +414,22 @@ def run_with_kills(cluster, engine: EngineProcess, rng: random.Random) -> list:
     kills = 0
     while flow.is_alive():
         time.sleep(rng.uniform(0.2, 2.0))
-        engine.kill()
+        kill(engine)
         kills += 1
-        engine.start()
     flow.join()
     assert kills >= 3
     entries = committed(cluster, "survey-entries")
     wait_for(lambda: len(committed(cluster, "survey-respondents")) >= len(entries), 180, "every entry to be processed")
+    wait_for(lambda: len(committed(cluster, "survey-responses")) >= len(entries), 180, "every entry to be processed by worker 1")
     time.sleep(1.0)  # a duplicate, if there were any, would have been committed by now
     assert engine.info()["recoveries"] == 1
     return entries
 
 
-def test_sigkill_at_random_moments_changes_nothing(tmp_path):
+@pytest.mark.parametrize("kill", [kill_the_engine, kill_worker_1], ids=["the engine", "worker 1 alone"])
+def test_sigkill_at_random_moments_changes_nothing(tmp_path, kill):
+    """Killed as a whole, the engine starts from what it committed. Worker 1 killed alone starts again
+    from its own commits while worker 0 goes on: worker 0 reads again what worker 1 needs and hands it on."""
     rng = random.Random(7)
     with EmbeddedStack(data_dir=tmp_path / "stack", services=("broker", "registry")) as stack:
         cluster = from_stack(stack)
@@ -419,7 +438,7 @@ def test_sigkill_at_random_moments_changes_nothing(tmp_path):
         # long transactions: a kill then mostly lands in one, with outputs and state changes to throw away
         engine = EngineProcess(stack, tmp_path / "engine", commit_interval_ms=700).start()
         try:
-            entries = run_with_kills(cluster, engine, rng)
+            entries = run_with_kills(cluster, engine, rng, kill)
         finally:
             engine.stop()
 

@@ -11,7 +11,11 @@ module is its Kafka I/O, shaped like Kafka Streams / ksqlDB:
 
 * one consumer `assign()`s every partition of the queries' source topics (no
   group join; the embedded broker makes joins slow) and reads them in offset
-  order per partition, in batches;
+  order per partition, in batches. With several workers (see below) worker 0's
+  consumer reads for all of them and hands each fetch on, as a Kafka Streams
+  thread serves several tasks from one consumer: on the embedded broker a
+  fetch that finds new records costs time in proportion to the batches the
+  partition holds, for every reader (tests/test_broker_quirks.py);
 * the outputs and one checkpoint record (the state changes from
   `engine.drain_changes()`, the input offsets and the end offset of every
   output partition, on the changelog topic) are committed in one Kafka
@@ -35,8 +39,11 @@ module is its Kafka I/O, shaped like Kafka Streams / ksqlDB:
 
 from __future__ import annotations
 
+import bisect
+import collections
 import json
 import logging
+import operator
 import queue
 import threading
 import time
@@ -63,6 +70,11 @@ RUNTIME_DEFAULT_PROPERTIES = {CACHE_BYTES: str(10 * 1024 * 1024)}
 # Statements that change what the engine runs: they are recorded in the command topic.
 _COMMANDS = (ast.CreateSource, ast.CreateAsSelect, ast.Drop, ast.Terminate)
 CHECKPOINT_KEY = b"checkpoint"
+# records handed on to a worker that it may hold before worker 0 waits for it: a few batches when it is
+# behind; caught up (fetches of a few records), enough that a pause of the worker (a commit, a read of the
+# command topic) does not hold worker 0 up
+_FEED_RECORDS = 20_000
+_offset_of = operator.itemgetter(2)
 # Recorded with a CREATE ... AS SELECT: the worker process that runs its query (and holds its state).
 WORKER_PROPERTY = "survey_kit.worker"
 
@@ -120,8 +132,14 @@ class EngineRuntime:
     id, `worker` 0 to workers - 1. Worker 0 takes the statements (and records
     them); each new query is placed on a worker in turn, the placement recorded
     with its statement. Every worker knows the whole pipeline (it follows the
-    command topic) and runs only its own queries, with its own consumer,
+    command topic) and runs only its own queries, with its own input positions,
     transactions and changelog (`..._w<k>_changelog` for k > 0).
+
+    Only worker 0 reads the source topics from Kafka. Another worker subscribes
+    (`on_subscribe`: a generation number and the position it needs in each
+    partition, after each rebuild and when its queries change); worker 0 then
+    reads from there and hands it every fetch (`on_forward`, each chunk of
+    records at most once per generation), which it takes with `feed`.
     """
 
     def __init__(
@@ -131,7 +149,7 @@ class EngineRuntime:
         data_dir: str | Path | None = None,
         properties: dict[str, str] | None = None,
         commit_interval_ms: int = 20,
-        min_commit_interval_ms: int = 5,
+        min_commit_interval_ms: int = 10,
         commit_records: int = 20_000,
         punctuate_interval_ms: int = 1_000,
         batch_size: int = 5_000,
@@ -170,6 +188,19 @@ class EngineRuntime:
         # that another worker starts a request's queries together, as worker 0 does (under its lock)
         self.on_recorded: Callable[[list[tuple[int, bytes]]], None] | None = None
         self._just_recorded: list[tuple[int, bytes]] = []
+        # worker 0: hands the fetched records a worker subscribed to on to it: (worker, generation, chunks)
+        self.on_forward: Callable[[int, int, list], None] | None = None
+        self._followers: dict[int, tuple[int, dict[tuple[str, int], int]]] = {}  # worker -> (generation, next offset to hand on)
+        self._subscriptions: queue.SimpleQueue = queue.SimpleQueue()  # (worker, generation, positions or None: gone)
+        self._fetching: set[tuple[str, int]] = set()  # worker 0: what its consumer reads, for every worker
+        self._reassign = False
+        # other workers: told (generation, positions) to subscribe; fed worker 0's fetches, of this generation only
+        self.on_subscribe: Callable[[int, dict[tuple[str, int], int]], None] | None = None
+        self._generation = 0
+        self._subscribed: set[tuple[str, int]] | None = None  # None: to subscribe (again) at the next assignment
+        self._feed: collections.deque[tuple[int, list]] = collections.deque()  # (records, chunks)
+        self._fed_records = 0
+        self._feed_changed = threading.Condition()
         # librdkafka would log every failed reconnect; errors come to _client_error instead
         self._quiet = {"error_cb": self._client_error, "log_level": 2}
         self._admin = AdminClient(cluster.admin_config(**self._quiet))
@@ -233,25 +264,30 @@ class EngineRuntime:
         if self._needs_recovery:
             self._recover()
         now = time.monotonic()
-        if not self.leader and (not self._recorded.empty() or now - self._last_follow > 30.0):
+        if self.leader:
+            self._apply_subscriptions()
+        elif not self._recorded.empty() or now - self._last_follow > 30.0:
             self._follow_commands()
         if self._resync_wanted or now - self._last_resync > 2.0:
             self._sync_assignment()
-        messages = self._fetch() if self._assigned else []
-        if not self._assigned:
-            self._stop.wait(0.05)
+        chunks, errors, drained = self._fetch_chunks() if self.leader else self._fed_chunks()
         with self._lock:
-            if messages:
-                self._process(messages)
+            processed = self._process(chunks) if chunks else 0
+            for error in errors:
+                self._consumer_error(error)
+            if processed and self._outage is not None:
+                self._recovered()
             now = time.monotonic()
             if now - self._last_punctuate >= self.punctuate_interval:
                 self._last_punctuate = now
                 self._emit(self.engine.punctuate(int(time.time() * 1000)))
             since_commit = now - self._last_commit
-            # caught up (the fetch drained what the consumer held): commit now rather than at the
-            # interval, so a trickle of entries is readable within a few ms (a commit takes ~5 ms on
-            # the embedded broker); busy, commit every interval so transactions stay large
-            caught_up = self._in_transaction and len(messages) < self.batch_size and since_commit >= self.min_commit_interval
+            # caught up (the input drained): commit soon rather than at the interval, so a trickle of
+            # entries is readable within a few ms, but at most every min_commit_interval: each commit
+            # adds two batches to every output partition it writes, which each of their readers pays
+            # for on the embedded broker (tests/test_broker_quirks.py); busy, commit every interval so
+            # transactions stay large
+            caught_up = self._in_transaction and drained and since_commit >= self.min_commit_interval
             if caught_up or self._uncommitted >= self.commit_records or since_commit >= self.commit_interval:
                 self._commit()
 
@@ -265,18 +301,28 @@ class EngineRuntime:
         messages = self._consumer.consume(self.batch_size, 0)
         if messages:
             return messages
-        # wait no longer than the next commit is due: a waiting update is readable only after it
-        wait = self.commit_interval - (time.monotonic() - self._last_commit) if self._in_transaction else 0.02
-        first = self._consumer.poll(min(0.02, max(0.0, wait)))
+        first = self._consumer.poll(self._input_wait())
         if first is None:
             return []
         return [first, *self._consumer.consume(self.batch_size - 1, 0)]
 
-    def _process(self, messages) -> None:
-        """Feed a fetch to the engine: its records in timestamp order across partitions, a run of one partition per `process_batch` call."""
+    def _input_wait(self) -> float:
+        """How long to wait for the next input: caught up with records processed, no longer than until their
+        commit is due (an update is readable only after it)."""
+        if not self._in_transaction:
+            return 0.02
+        return min(0.02, max(0.0, self.min_commit_interval - (time.monotonic() - self._last_commit)))
+
+    def _fetch_chunks(self) -> tuple[list, list, bool]:
+        """Worker 0: a fetch as (partition, records) chunks in the order to process them, handed on to the
+        workers subscribed to them; the fetch's errors; whether it drained what the consumer held."""
+        if not self._fetching:
+            self._stop.wait(0.05)
+            return [], [], True
+        messages = self._fetch()
         runs: dict[tuple[str, int], list[tuple]] = {}
         errors = []
-        assigned = self._assigned
+        fetching = self._fetching
         for message in messages:
             error = message.error()
             if error is not None:
@@ -285,25 +331,89 @@ class EngineRuntime:
             where = (message.topic(), message.partition())
             run = runs.get(where)
             if run is None:
-                if where not in assigned:
+                if where not in fetching:
                     continue  # a partition released since the fetch (its topic no longer read)
                 run = runs[where] = []
             run.append((where[0], where[1], message.offset(), message.timestamp()[1], message.key(), message.value(), message.headers() or ()))
+        chunks = in_timestamp_order(runs)
+        if self._followers and chunks:
+            self._forward(chunks)
+        return chunks, errors, len(messages) < self.batch_size
+
+    def _forward(self, chunks: list) -> None:
+        """Worker 0: hand each subscribed worker the records of these chunks it has not had in its generation."""
+        for worker, (generation, offsets) in list(self._followers.items()):
+            theirs = []
+            for where, run in chunks:
+                start = offsets.get(where)
+                if start is None:
+                    continue
+                if run[0][2] < start:
+                    run = run[bisect.bisect_left(run, start, key=_offset_of):]
+                    if not run:
+                        continue
+                theirs.append((where, run))
+                offsets[where] = run[-1][2] + 1
+            if theirs:
+                self.on_forward(worker, generation, theirs)
+
+    def _fed_chunks(self) -> tuple[list, list, bool]:
+        """Another worker: the chunks worker 0 handed on in this generation, up to a batch (waiting briefly
+        for the first); whether none are left waiting."""
+        taken: list = []
+        count = 0
+        with self._feed_changed:
+            if not self._feed:
+                self._feed_changed.wait(self._input_wait())
+            while self._feed and count < self.batch_size:
+                records, chunks = self._feed.popleft()
+                taken += chunks
+                count += records
+            self._fed_records -= count
+            self._feed_changed.notify_all()
+            return taken, [], not self._feed
+
+    def feed(self, generation: int, chunks: list) -> None:
+        """Another worker: take chunks worker 0 handed on, unless of an older generation; waits while
+        `_FEED_RECORDS` records wait to be processed, so that worker 0 keeps this worker's pace."""
+        records = sum(len(run) for _, run in chunks)
+        with self._feed_changed:
+            while self._fed_records >= _FEED_RECORDS and generation == self._generation and not self._stop.is_set():
+                self._feed_changed.wait(0.5)
+            if generation != self._generation or self._stop.is_set():
+                return
+            self._feed.append((records, chunks))
+            self._fed_records += records
+            self._feed_changed.notify_all()
+
+    def _drop_feed(self) -> None:
+        """Another worker: a new generation; what worker 0 handed on before is dropped (it is read again)."""
+        with self._feed_changed:
+            self._generation += 1
+            self._feed.clear()
+            self._fed_records = 0
+            self._feed_changed.notify_all()
+
+    def _process(self, chunks: list) -> int:
+        """Feed (partition, records) chunks to the engine, in order, past the records already processed; how many were."""
         processed = 0
-        for where, run in in_timestamp_order(runs):
+        positions, assigned = self._positions, self._assigned
+        for where, run in chunks:
+            if where not in assigned:
+                continue  # another worker's partition (worker 0 reads for all), or one released since the fetch
+            position = positions[where]
+            if run[0][2] < position:  # read again for another worker that needed them
+                run = run[bisect.bisect_left(run, position, key=_offset_of):]
             processed += self._process_run(where, run)
         if processed:
             self._begin()  # offsets advanced: they are committed in a transaction even without outputs
             self._uncommitted += processed
             self.metrics.records_in += processed
-        for error in errors:
-            self._consumer_error(error)
-        if processed and self._outage is not None:
-            self._recovered()
+        return processed
 
-    def _process_run(self, where: tuple[str, int] | None, run: list[tuple]) -> int:
+    def _process_run(self, where: tuple[str, int], run: list[tuple]) -> int:
         """Process records of one partition, in offset order; produce the outputs; return how many."""
-        if where is None or not run:
+        if not run:
             return 0
         outputs = self.engine.process_batch(run)
         self._positions[where] = run[-1][2] + 1
@@ -397,10 +507,11 @@ class EngineRuntime:
             }
             self._producer.produce(self.changelog_topic, json.dumps(checkpoint, separators=(",", ":")).encode(), CHECKPOINT_KEY)
             offsets = [TopicPartition(t, p, o) for (t, p), o in self._positions.items() if o >= 0]
-            if offsets and not self.cluster.embedded and time.monotonic() - self._last_group_offsets > 5.0:
+            if offsets and self._consumer is not None and not self.cluster.embedded and time.monotonic() - self._last_group_offsets > 5.0:
                 # also in the consumer group, where lag monitors look (every 5 s: it adds two round trips to a
                 # commit, and each update waits for about two commits). Not on the embedded broker: nothing
-                # watches it there, and after it restarts this call can hang well past its timeout.
+                # watches it there, and after it restarts this call can hang well past its timeout. Only
+                # worker 0 has a consumer (and so a group): lag shows there.
                 self._producer.send_offsets_to_transaction(offsets, self._consumer.consumer_group_metadata(), 5)
                 self._last_group_offsets = time.monotonic()
             self._commit_transaction()
@@ -610,6 +721,9 @@ class EngineRuntime:
 
     def _rebuild(self) -> None:
         self._close_clients()
+        if not self.leader:
+            self._drop_feed()  # what worker 0 handed on is read again from the restored positions
+            self._subscribed = None
         self._command_producer = None  # its idempotence state belongs to the broker it talked to
         self._ensure_topic(self.command_topic, {"cleanup.policy": "delete", "retention.ms": "-1"})
         # every checkpoint holds the changes since the one before: none may be compacted or expire
@@ -660,17 +774,19 @@ class EngineRuntime:
         self._ensure_sink_topics()
         self._count_replayed()
         self._assigned = set()
+        self._fetching = set()
         self._in_transaction = False
         self._uncommitted = 0
-        self._consumer = Consumer(self.cluster.consumer_config(self.group_id, **{
-            "isolation.level": "read_committed",
-            "fetch.wait.max.ms": 5,
-            "queued.min.messages": 100_000,
-            # a position past a partition's end means the broker lost data (a restarted embedded broker):
-            # say so and rebuild, rather than jump silently to another offset
-            "auto.offset.reset": "error",
-            **self._quiet,
-        }))
+        if self.leader:  # the other workers are fed by worker 0's consumer
+            self._consumer = Consumer(self.cluster.consumer_config(self.group_id, **{
+                "isolation.level": "read_committed",
+                "fetch.wait.max.ms": 5,
+                "queued.min.messages": 100_000,
+                # a position past a partition's end means the broker lost data (a restarted embedded broker):
+                # say so and rebuild, rather than jump silently to another offset
+                "auto.offset.reset": "error",
+                **self._quiet,
+            }))
         self._sync_assignment()
 
     # ------------------------------------------------------------ placement on workers
@@ -875,7 +991,11 @@ class EngineRuntime:
         return self.engine.properties.get(DEAD_LETTER_TOPIC, DEFAULT_DEAD_LETTER_TOPIC)
 
     def _sync_assignment(self) -> None:
-        """Assign every partition of the source topics that exist: new queries and new topics are picked up."""
+        """Read every partition of the source topics that exist: new queries and new topics are picked up.
+
+        Worker 0 assigns its consumer what it and the subscribed workers read;
+        another worker subscribes to worker 0 when what it reads changed.
+        """
         self._last_resync = time.monotonic()
         self._resync_wanted = False
         topics = self._topics()
@@ -883,16 +1003,59 @@ class EngineRuntime:
             # a broker that lost its topics (the embedded one, restarted): offsets and state start over
             raise RuntimeUnavailable(f"the engine's topics are gone from {self.cluster.bootstrap_servers}")
         wanted = {(t, p) for t in self.engine.source_topics() for p in range(topics.get(t, 0))}
-        if wanted == self._assigned:
+        if wanted != self._assigned:
+            for key in wanted - self._assigned:
+                self._positions.setdefault(key, OFFSET_BEGINNING)  # the checkpoints hold where reading stopped
+            for key in self._assigned - wanted:
+                self._positions.pop(key, None)
+            self._assigned = wanted
+            log.info("reading %d partitions of %s", len(wanted), ", ".join(sorted({t for t, _ in wanted})) or "nothing")
+        if self.leader:
+            self._assign_consumer(topics)
+        elif self._subscribed != wanted:
+            self._subscribe()
+
+    def _assign_consumer(self, topics: dict[str, int]) -> None:
+        """Worker 0: assign every partition it or a subscribed worker reads, from the lowest position needed."""
+        starts = {key: self._positions[key] for key in self._assigned}
+        for _, offsets in self._followers.values():
+            for (topic, partition), offset in offsets.items():
+                if partition < topics.get(topic, 0):
+                    starts[(topic, partition)] = min(starts.get((topic, partition), offset), offset)
+        if set(starts) == self._fetching and not self._reassign:
             return
-        for key in wanted - self._assigned:
-            self._positions.setdefault(key, OFFSET_BEGINNING)  # the checkpoints hold where reading stopped
-        gone = self._assigned - wanted
-        for key in gone:
-            self._positions.pop(key, None)
-        self._consumer.assign([TopicPartition(t, p, self._positions[(t, p)]) for t, p in sorted(wanted)])
-        self._assigned = wanted
-        log.info("reading %d partitions of %s", len(wanted), ", ".join(sorted({t for t, _ in wanted})) or "nothing")
+        self._consumer.assign([TopicPartition(t, p, offset) for (t, p), offset in sorted(starts.items())])
+        self._fetching = set(starts)
+        self._reassign = False
+
+    def _subscribe(self) -> None:
+        """Another worker: ask worker 0 for the records of its partitions from its positions, in a new generation."""
+        self._drop_feed()
+        self._subscribed = set(self._assigned)
+        if self.on_subscribe is not None:
+            self.on_subscribe(self._generation, {key: self._positions[key] for key in self._assigned})
+
+    def follower_subscribed(self, worker: int, generation: int, positions: dict[tuple[str, int], int]) -> None:
+        """Worker 0: worker `worker` reads `positions` (partition -> next offset) from now on, as `generation`."""
+        self._subscriptions.put((worker, generation, positions))
+
+    def follower_gone(self, worker: int) -> None:
+        """Worker 0: worker `worker` stopped; nothing is handed on to it until it subscribes again."""
+        self._subscriptions.put((worker, 0, None))
+
+    def _apply_subscriptions(self) -> None:
+        """Worker 0: take the workers' new subscriptions; the consumer is then assigned anew (a worker may need
+        records again that were read already)."""
+        changed = False
+        while not self._subscriptions.empty():
+            worker, generation, positions = self._subscriptions.get()
+            if positions is None:
+                self._followers.pop(worker, None)
+            else:
+                self._followers[worker] = (generation, dict(positions))
+            changed = True
+        if changed:
+            self._reassign = self._resync_wanted = True
 
     # ------------------------------------------------------------ trouble
 
@@ -952,6 +1115,7 @@ class EngineRuntime:
             "outage": self._outage,
             "queries": len(self.engine.running_queries()),
             "assigned_partitions": len(self._assigned),
+            "fetching_partitions": len(self._fetching),  # read from Kafka (worker 0 reads for every worker)
             "uncommitted": self._uncommitted,
             **self.metrics.__dict__,
         }

@@ -272,9 +272,7 @@ def serve(cluster: Cluster, host: str = "127.0.0.1", port: int = 8088, data_dir:
         print(f"error: port {port} on {host} is in use: stop what runs there or pick another port (--port)", file=sys.stderr)
         return 2
     runtime = EngineRuntime(cluster, engine_id=engine_id, data_dir=data_dir, commit_interval_ms=commit_interval_ms, workers=workers)
-    pool = WorkerPool(cluster, engine_id, workers, commit_interval_ms) if workers > 1 else None
-    if pool is not None:
-        runtime.on_recorded = pool.notify  # the workers apply each statement as soon as it is recorded
+    pool = WorkerPool(cluster, runtime, workers, commit_interval_ms) if workers > 1 else None
     settle_heap()
     print(f"ksql engine {engine_id} on http://{host}:{port} with {workers} worker process{'es' if workers > 1 else ''} "
           f"(Kafka {cluster.bootstrap_servers}, registry {cluster.schema_registry_url})", file=sys.stderr, flush=True)

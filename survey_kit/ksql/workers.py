@@ -6,16 +6,20 @@ we. The server's own `EngineRuntime` is worker 0: it takes the statements,
 places each new query on a worker in turn and records it in the command
 topic. `WorkerPool` starts workers 1..n-1, each an `EngineRuntime` in a
 process of its own that follows the command topic and runs its queries with
-its own consumer, transactions and changelog (see `runtime.EngineRuntime`).
+its own input positions, transactions and changelog (see
+`runtime.EngineRuntime`). Worker 0's consumer reads the source topics for
+all of them: each worker subscribes to the partitions it reads, from its
+positions, and worker 0 hands it every fetch over a pipe of its own.
 
-    pool = WorkerPool(cluster, engine_id="survey_kit", workers=2)
+    pool = WorkerPool(cluster, runtime, workers=2)   # runtime: worker 0
     pool.start()
     pool.statuses()      # what each worker last reported (`EngineRuntime.status()`)
     pool.stop()
 
-A worker reports its status over a pipe a few times a second, gets over it
-each statement worker 0 records, and stops when the pipe closes, so a
-killed server takes its workers with it. A worker that dies is started again.
+A worker reports its status and its subscriptions over a control pipe,
+gets over it each statement worker 0 records, and stops when the pipe
+closes, so a killed server takes its workers with it. A worker that dies is
+started again (and subscribes again from what it committed).
 """
 
 from __future__ import annotations
@@ -25,12 +29,15 @@ import gc
 import logging
 import multiprocessing
 import os
+import pickle
 import threading
 import time
 from multiprocessing.connection import Connection, wait
 from typing import Any
 
 from survey_kit.cluster import Cluster
+
+from .runtime import EngineRuntime
 
 log = logging.getLogger("survey_kit.ksql.workers")
 
@@ -57,20 +64,24 @@ def settle_heap() -> None:
 
 
 class WorkerPool:
-    """Workers 1..`workers`-1 of the engine `engine_id` (worker 0 is the caller's own runtime)."""
+    """Workers 1..`workers`-1 of the engine whose worker 0 is `leader` (the caller's own runtime)."""
 
-    def __init__(self, cluster: Cluster, engine_id: str = "survey_kit", workers: int = 2, commit_interval_ms: int = 20):
+    def __init__(self, cluster: Cluster, leader: EngineRuntime, workers: int = 2, commit_interval_ms: int = 20):
         self.cluster = cluster
-        self.engine_id = engine_id
+        self.leader = leader
+        self.engine_id = leader.engine_id
         self.workers = workers
         self.commit_interval_ms = commit_interval_ms
         self._context = multiprocessing.get_context("spawn")  # no fork: the parent runs threads and Kafka clients
         self._processes: dict[int, tuple[Any, Connection]] = {}
+        self._feeds: dict[int, Connection] = {}  # worker -> the sending end of its feed pipe
         self._statuses: dict[int, dict] = {}
         self._stopping = threading.Event()
         self._monitor: threading.Thread | None = None
 
     def start(self) -> WorkerPool:
+        self.leader.on_recorded = self.notify  # the workers apply each statement as soon as it is recorded
+        self.leader.on_forward = self.forward
         for worker in range(1, self.workers):
             self._spawn(worker)
         self._monitor = threading.Thread(target=self._watch, name="ksql-workers", daemon=True)
@@ -84,6 +95,16 @@ class WorkerPool:
                 connection.send(("commands", recorded))
             except OSError:
                 pass  # a worker that died: started again, it reads every statement from the topic
+
+    def forward(self, worker: int, generation: int, chunks: list) -> None:
+        """Hand worker `worker` records worker 0 fetched (called by worker 0's runtime; waits while the worker is behind)."""
+        feed = self._feeds.get(worker)
+        if feed is None:
+            return
+        try:
+            feed.send_bytes(pickle.dumps((generation, chunks), protocol=pickle.HIGHEST_PROTOCOL))
+        except OSError:
+            pass  # a worker that died: started again, it subscribes from what it committed
 
     def statuses(self) -> list[dict]:
         """The last status of each worker (a worker not heard from yet: not ready, nothing read)."""
@@ -99,46 +120,58 @@ class WorkerPool:
             except OSError:
                 pass
         deadline = time.monotonic() + timeout
-        for process, connection in self._processes.values():
+        for worker, (process, connection) in self._processes.items():
             process.join(max(0.1, deadline - time.monotonic()))
             if process.is_alive():
                 log.warning("worker %s did not stop within %.0f s; killing it", process.name, timeout)
                 process.kill()
                 process.join(5)
             connection.close()
+            self._feeds[worker].close()
         if self._monitor is not None:
             self._monitor.join(5)
 
     def _spawn(self, worker: int) -> None:
         ours, theirs = self._context.Pipe()
+        feed_out, feed_in = self._context.Pipe(duplex=False)  # (receiving end, sending end)
         process = self._context.Process(
             target=run_worker, name=f"ksql-worker-{worker}", daemon=True,
             # a fresh Cluster: the parent's may hold a registry client, which does not cross processes
-            args=(dataclasses.replace(self.cluster), self.engine_id, worker, self.workers, self.commit_interval_ms, theirs),
+            args=(dataclasses.replace(self.cluster), self.engine_id, worker, self.workers, self.commit_interval_ms, theirs, feed_out),
         )
         process.start()
-        theirs.close()  # only the worker holds its end: when the worker dies, ours reads EOF
+        theirs.close()  # only the worker holds its ends: when the worker dies, ours reads EOF
+        feed_out.close()
         self._processes[worker] = (process, ours)
+        self._feeds[worker] = feed_in
         log.info("started ksql worker %d of %d (pid %d)", worker, self.workers, process.pid)
 
     def _watch(self) -> None:
-        """Collect the workers' reports; start again a worker that died."""
+        """Collect the workers' reports and subscriptions; start again a worker that died."""
         while not self._stopping.is_set():
             by_connection = {connection: worker for worker, (_, connection) in self._processes.items()}
             for connection in wait(list(by_connection), timeout=0.5):
                 worker = by_connection[connection]
                 try:
-                    self._statuses[worker] = connection.recv()
+                    message = connection.recv()
                 except (EOFError, OSError):
                     if self._stopping.is_set():
                         return
+                    self.leader.follower_gone(worker)
                     process, _ = self._processes[worker]
                     process.join(5)
                     log.error("ksql worker %d exited (code %s); starting it again", worker, process.exitcode)
                     connection.close()
+                    self._feeds.pop(worker).close()
                     self._statuses.pop(worker, None)
                     time.sleep(1.0)
                     self._spawn(worker)
+                    continue
+                if isinstance(message, tuple) and message[0] == "subscribe":
+                    _, generation, positions = message
+                    self.leader.follower_subscribed(worker, generation, positions)
+                else:
+                    self._statuses[worker] = message
 
 
 def combined_status(own: dict, workers: list[dict]) -> dict:
@@ -153,21 +186,40 @@ def combined_status(own: dict, workers: list[dict]) -> dict:
     combined["ready"] = all(w.get("ready") for w in every)
     combined["outage"] = next((w["outage"] for w in every if w.get("outage")), None)
     combined["records_in"] = min(w.get("records_in", 0) for w in every)
-    for count in ("queries", "records_out", "dead_letters", "commits", "aborts", "uncommitted", "assigned_partitions"):
+    for count in ("queries", "records_out", "dead_letters", "commits", "aborts", "uncommitted", "assigned_partitions", "fetching_partitions"):
         combined[count] = sum(w.get(count, 0) for w in every)
     combined["recoveries"] = max(w.get("recoveries", 0) for w in every)
     combined["workers"] = every
     return combined
 
 
-def run_worker(cluster: Cluster, engine_id: str, worker: int, workers: int, commit_interval_ms: int, connection: Connection) -> None:
-    """A worker process: run `EngineRuntime` worker `worker` until told to stop or the pipe closes."""
-    from .runtime import EngineRuntime  # in the child: the parent passes only what the runtime needs
-
+def run_worker(cluster: Cluster, engine_id: str, worker: int, workers: int, commit_interval_ms: int, connection: Connection, feed: Connection) -> None:
+    """A worker process: run `EngineRuntime` worker `worker` until told to stop or the control pipe closes."""
     logging.basicConfig(level=logging.INFO, format=f"%(asctime)s %(levelname)s worker-{worker} %(name)s: %(message)s")
     for noisy in ("httpx", "httpx2"):  # one line per registry request otherwise, as the server also silences
         logging.getLogger(noisy).setLevel(logging.WARNING)
     runtime = EngineRuntime(cluster, engine_id=engine_id, worker=worker, workers=workers, commit_interval_ms=commit_interval_ms)
+    sending = threading.Lock()  # statuses go from this thread, subscriptions from the runtime's
+
+    def send(message) -> None:
+        with sending:
+            connection.send(message)
+
+    def subscribe(generation: int, positions: dict) -> None:
+        try:
+            send(("subscribe", generation, positions))
+        except OSError:
+            pass  # the server is gone: this process stops (below)
+
+    def read_feed() -> None:
+        try:
+            while True:
+                runtime.feed(*pickle.loads(feed.recv_bytes()))
+        except (EOFError, OSError):
+            pass
+
+    runtime.on_subscribe = subscribe
+    threading.Thread(target=read_feed, name="ksql-feed", daemon=True).start()
     runtime.start()
     settle_heap()
     try:
@@ -178,7 +230,7 @@ def run_worker(cluster: Cluster, engine_id: str, worker: int, workers: int, comm
                     runtime.commands_recorded(message[1])
                     continue
                 break
-            connection.send({**runtime.status(), "pid": os.getpid()})
+            send({**runtime.status(), "pid": os.getpid()})
     except (EOFError, OSError, KeyboardInterrupt):
         pass
     finally:
