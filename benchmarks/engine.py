@@ -8,14 +8,17 @@ through the registry, keys = survey ids) and one question per survey, then:
 1. ceilings (in this process): the same topic consumed in batches and Avro-decoded with no
    processing, to its end, twice: with fastavro (the project's reader, frames.py) and with the
    engine's own decoder (`formats.avro_decoder`: cavro where it reads like fastavro); the engine
-   is compared with the higher of the two;
+   is compared with the higher of the two. The consumer fetches again 10 ms after its queue was
+   full, as the engine's does (librdkafka's default, 1 s, held this ceiling to ~139k entries/s);
 2. engine: the engine (`python -m survey_kit.ksql.server`, as `survey-kit up` runs it: the server and
    its worker processes, `--workers`, default 2) gets ksql/ through its REST API and runs its four
    queries (respondents, responses, live and final histograms) over the entries, exactly once
    (transactions, commits every 20 ms); entries/s is measured from the first record processed to the
    last one committed by every worker (its /info, polled);
 3. latency: with the engine caught up, entries of new surveys at 1,000 entries/s; for each, the time
-   from producing it to its live-histogram record being readable (read_committed), p50 and p99;
+   from producing it to its live-histogram record being readable (read_committed), p50 and p99, the
+   p99 of each second and the broker's CPU meanwhile (its cost per fetch grows with the batches a
+   partition holds, and every entry is one);
 4. memory: the resident size of the engine's processes (server and workers, summed) sampled as it
    works through the entries (it should stay flat: the state grows with distinct survey ids, not with
    entries), and the sum of their peaks.
@@ -25,6 +28,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import resource
 import statistics
 import subprocess
@@ -99,8 +103,11 @@ def engine_decoder(writer: dict):
 
 def ceiling(cluster, count: int, decoder) -> float:
     """Entries/s of consuming and Avro-decoding the topic with no processing (`decoder(writer schema)` -> decode)."""
+    # librdkafka waits fetch.queue.backoff.ms (1 s by default) before fetching again once it holds
+    # queued.min.messages: a reader faster than one fetch a second then waits out that second (this
+    # ceiling read 139k entries/s with it, 165-220k without); the engine's consumer sets it too
     consumer = Consumer(cluster.consumer_config(**{"enable.partition.eof": True, "fetch.wait.max.ms": 10,
-                                                   "queued.min.messages": 100_000}))
+                                                   "queued.min.messages": 100_000, "fetch.queue.backoff.ms": 10}))
     consumer.assign([TopicPartition(cluster.topics.entries, 0, OFFSET_BEGINNING)])
     registry = cluster.registry()
     decoders: dict[bytes, object] = {}
@@ -299,6 +306,17 @@ def latency(cluster, seconds: float, rate: int = 1_000) -> list[float]:
     return [(seen[k] - sent[k]) * 1000 for k in sent if k in seen]  # in the order produced
 
 
+def p99(ordered: list[float]) -> float:
+    return ordered[min(len(ordered) - 1, int(len(ordered) * 0.99))]
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time of a process so far."""
+    with open(f"/proc/{pid}/stat") as stat:
+        fields = stat.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--entries", type=int, default=1_000_000, help="entries pushed through the pipeline (default 1,000,000)")
@@ -337,11 +355,18 @@ def main(argv: list[str] | None = None) -> int:
             print(f"  engine resident MB ({len(engine.processes())} processes): {before:.0f} started, at 25/50/75/100% of the entries: "
                   + " / ".join(f"{s:.0f}" for s in samples))
             print(f"latency: entry -> live histogram readable, 1,000 entries/s for {args.latency_seconds:.0f} s ...", flush=True)
-            delays = sorted(latency(cluster, args.latency_seconds))
+            broker_before = cpu_seconds(stack.records["broker"].pid)
+            phase_started = time.monotonic()
+            in_order = latency(cluster, args.latency_seconds)
+            broker_share = (cpu_seconds(stack.records["broker"].pid) - broker_before) / (time.monotonic() - phase_started)
+            delays = sorted(in_order)
             if delays:
-                p50 = statistics.median(delays)
-                p99 = delays[min(len(delays) - 1, int(len(delays) * 0.99))]
-                print(f"  p50 {p50:.1f} ms, p99 {p99:.1f} ms, max {delays[-1]:.1f} ms over {len(delays):,} entries")
+                print(f"  p50 {statistics.median(delays):.1f} ms, p99 {p99(delays):.1f} ms, max {delays[-1]:.1f} ms over {len(delays):,} entries")
+                # the embedded broker's cost per fetch grows with the batches a partition holds (each entry
+                # is one): the broker's share of a core and the later seconds' p99 show it
+                seconds = [sorted(in_order[i:i + 1_000]) for i in range(0, len(in_order), 1_000)]
+                print(f"  p99 in each second: {' '.join(f'{p99(s):.0f}' for s in seconds)} ms; "
+                      f"the broker used {broker_share:.0%} of a core meanwhile")
             print(f"peak resident memory of the engine's processes (sum): {engine.peak_mb():.0f} MB "
                   f"(after {args.entries:,} entries of {SURVEYS} surveys and {int(args.latency_seconds * 1000):,} one-entry surveys)")
         finally:

@@ -782,6 +782,9 @@ class EngineRuntime:
                 "isolation.level": "read_committed",
                 "fetch.wait.max.ms": 5,
                 "queued.min.messages": 100_000,
+                # holding that many, librdkafka looks again after this long whether to fetch: 1 s by
+                # default, which holds a reader faster than about one fetch (5 MB) a second back
+                "fetch.queue.backoff.ms": 10,
                 # a position past a partition's end means the broker lost data (a restarted embedded broker):
                 # say so and rebuild, rather than jump silently to another offset
                 "auto.offset.reset": "error",
