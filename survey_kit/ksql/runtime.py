@@ -74,6 +74,8 @@ CHECKPOINT_KEY = b"checkpoint"
 # behind; caught up (fetches of a few records), enough that a pause of the worker (a commit, a read of the
 # command topic) does not hold worker 0 up
 _FEED_RECORDS = 20_000
+# after an assignment, how long worker 0 waits at most for every partition to deliver or reach its end
+_HOLD_AFTER_ASSIGNMENT = 2.0
 _offset_of = operator.itemgetter(2)
 # Recorded with a CREATE ... AS SELECT: the worker process that runs its query (and holds its state).
 WORKER_PROPERTY = "survey_kit.worker"
@@ -192,8 +194,14 @@ class EngineRuntime:
         self.on_forward: Callable[[int, int, list], None] | None = None
         self._followers: dict[int, tuple[int, dict[tuple[str, int], int]]] = {}  # worker -> (generation, next offset to hand on)
         self._subscriptions: queue.SimpleQueue = queue.SimpleQueue()  # (worker, generation, positions or None: gone)
-        self._fetching: set[tuple[str, int]] = set()  # worker 0: what its consumer reads, for every worker
+        # worker 0: what its consumer reads, for every worker: partition -> the next offset it delivers
+        self._fetching: dict[tuple[str, int], int] = {}
         self._reassign = False
+        # worker 0, after an assignment: the partitions not heard from yet (no record, no end), and what the
+        # others delivered meanwhile (see `_fetch_chunks`)
+        self._unheard: set[tuple[str, int]] = set()
+        self._held: dict[tuple[str, int], list[tuple]] = {}
+        self._hold_until = 0.0
         # other workers: told (generation, positions) to subscribe; fed worker 0's fetches, of this generation only
         self.on_subscribe: Callable[[int, dict[tuple[str, int], int]], None] | None = None
         self._generation = 0
@@ -326,7 +334,10 @@ class EngineRuntime:
         for message in messages:
             error = message.error()
             if error is not None:
-                errors.append(error)
+                if error.code() == KafkaError._PARTITION_EOF:
+                    self._unheard.discard((message.topic(), message.partition()))
+                else:
+                    errors.append(error)
                 continue
             where = (message.topic(), message.partition())
             run = runs.get(where)
@@ -335,6 +346,18 @@ class EngineRuntime:
                     continue  # a partition released since the fetch (its topic no longer read)
                 run = runs[where] = []
             run.append((where[0], where[1], message.offset(), message.timestamp()[1], message.key(), message.value(), message.headers() or ()))
+        for where, run in runs.items():
+            fetching[where] = run[-1][2] + 1
+        if self._unheard or self._held:
+            # just assigned: hold what arrives until every partition delivered records or its end, so the
+            # first records are taken in timestamp order across all of them, as Kafka Streams waits for
+            # each partition of a task (a question read after its entries would join none of them)
+            for where, run in runs.items():
+                self._held.setdefault(where, []).extend(run)
+                self._unheard.discard(where)
+            if self._unheard and time.monotonic() < self._hold_until:
+                return [], errors, True
+            runs, self._held, self._unheard = self._held, {}, set()
         chunks = in_timestamp_order(runs)
         if self._followers and chunks:
             self._forward(chunks)
@@ -774,7 +797,7 @@ class EngineRuntime:
         self._ensure_sink_topics()
         self._count_replayed()
         self._assigned = set()
-        self._fetching = set()
+        self._fetching = {}
         self._in_transaction = False
         self._uncommitted = 0
         if self.leader:  # the other workers are fed by worker 0's consumer
@@ -785,6 +808,7 @@ class EngineRuntime:
                 # holding that many, librdkafka looks again after this long whether to fetch: 1 s by
                 # default, which holds a reader faster than about one fetch (5 MB) a second back
                 "fetch.queue.backoff.ms": 10,
+                "enable.partition.eof": True,  # the end of each partition, after an assignment (_fetch_chunks)
                 # a position past a partition's end means the broker lost data (a restarted embedded broker):
                 # say so and rebuild, rather than jump silently to another offset
                 "auto.offset.reset": "error",
@@ -1025,11 +1049,18 @@ class EngineRuntime:
             for (topic, partition), offset in offsets.items():
                 if partition < topics.get(topic, 0):
                     starts[(topic, partition)] = min(starts.get((topic, partition), offset), offset)
-        if set(starts) == self._fetching and not self._reassign:
+        if starts.keys() == self._fetching.keys() and not self._reassign:
             return
+        for (topic, partition), offset in starts.items():
+            if offset == OFFSET_BEGINNING:
+                # the first offset itself: a partition assigned at a logical offset looks it up first and
+                # may then deliver after another one that holds later records
+                starts[(topic, partition)] = self._consumer.get_watermark_offsets(TopicPartition(topic, partition), timeout=10)[0]
         self._consumer.assign([TopicPartition(t, p, offset) for (t, p), offset in sorted(starts.items())])
-        self._fetching = set(starts)
+        self._fetching = starts
         self._reassign = False
+        self._unheard, self._held = set(starts), {}  # see _fetch_chunks
+        self._hold_until = time.monotonic() + _HOLD_AFTER_ASSIGNMENT
 
     def _subscribe(self) -> None:
         """Another worker: ask worker 0 for the records of its partitions from its positions, in a new generation."""
@@ -1047,18 +1078,26 @@ class EngineRuntime:
         self._subscriptions.put((worker, 0, None))
 
     def _apply_subscriptions(self) -> None:
-        """Worker 0: take the workers' new subscriptions; the consumer is then assigned anew (a worker may need
-        records again that were read already)."""
-        changed = False
+        """Worker 0: take the workers' new subscriptions. The consumer is assigned anew only when a worker
+        needs records it read already (or partitions it does not read): an assignment starts each
+        partition's fetching afresh, and a partition can then deliver before another that holds earlier
+        records (an entry read before its question joins none)."""
         while not self._subscriptions.empty():
             worker, generation, positions = self._subscriptions.get()
             if positions is None:
                 self._followers.pop(worker, None)
-            else:
-                self._followers[worker] = (generation, dict(positions))
-            changed = True
-        if changed:
-            self._reassign = self._resync_wanted = True
+                continue
+            self._followers[worker] = (generation, dict(positions))
+            if any(self._read_past(where, start) for where, start in positions.items()):
+                self._reassign = True
+            self._resync_wanted = True
+
+    def _read_past(self, where: tuple[str, int], start: int) -> bool:
+        """Worker 0: whether its consumer delivered records of `where` from `start` on already."""
+        read = self._fetching.get(where)
+        if read is None or read == OFFSET_BEGINNING:
+            return False  # not read (yet): assigned at the next sync, or delivering from the beginning
+        return start == OFFSET_BEGINNING or start < read
 
     # ------------------------------------------------------------ trouble
 
