@@ -40,7 +40,6 @@ module is its Kafka I/O, shaped like Kafka Streams / ksqlDB:
 from __future__ import annotations
 
 import bisect
-import collections
 import json
 import logging
 import operator
@@ -59,6 +58,7 @@ from survey_kit.cluster import Cluster
 from . import ast
 from .engine import DEAD_LETTER_TOPIC, DEFAULT_DEAD_LETTER_TOPIC, Engine, StatementResult
 from .formats import RegistrySchemaStore
+from .handoff import Inbox
 from .operators import CACHE_BYTES, OutputRecord
 from .parser import StatementText, parse_statement, split_statements, substitute
 from .types import KsqlError
@@ -204,11 +204,8 @@ class EngineRuntime:
         self._hold_until = 0.0
         # other workers: told (generation, positions) to subscribe; fed worker 0's fetches, of this generation only
         self.on_subscribe: Callable[[int, dict[tuple[str, int], int]], None] | None = None
-        self._generation = 0
         self._subscribed: set[tuple[str, int]] | None = None  # None: to subscribe (again) at the next assignment
-        self._feed: collections.deque[tuple[int, list]] = collections.deque()  # (records, chunks)
-        self._fed_records = 0
-        self._feed_changed = threading.Condition()
+        self._inbox = Inbox(_FEED_RECORDS)
         # librdkafka would log every failed reconnect; errors come to _client_error instead
         self._quiet = {"error_cb": self._client_error, "log_level": 2}
         self._admin = AdminClient(cluster.admin_config(**self._quiet))
@@ -242,6 +239,7 @@ class EngineRuntime:
     def stop(self, timeout: float = 30.0) -> None:
         """Commit what was processed and stop."""
         self._stop.set()
+        self._inbox.close()
         if self._thread is not None:
             self._thread.join(timeout)
 
@@ -383,39 +381,12 @@ class EngineRuntime:
     def _fed_chunks(self) -> tuple[list, list, bool]:
         """Another worker: the chunks worker 0 handed on in this generation, up to a batch (waiting briefly
         for the first); whether none are left waiting."""
-        taken: list = []
-        count = 0
-        with self._feed_changed:
-            if not self._feed:
-                self._feed_changed.wait(self._input_wait())
-            while self._feed and count < self.batch_size:
-                records, chunks = self._feed.popleft()
-                taken += chunks
-                count += records
-            self._fed_records -= count
-            self._feed_changed.notify_all()
-            return taken, [], not self._feed
+        chunks, drained = self._inbox.take(self.batch_size, self._input_wait())
+        return chunks, [], drained
 
     def feed(self, generation: int, chunks: list) -> None:
-        """Another worker: take chunks worker 0 handed on, unless of an older generation; waits while
-        `_FEED_RECORDS` records wait to be processed, so that worker 0 keeps this worker's pace."""
-        records = sum(len(run) for _, run in chunks)
-        with self._feed_changed:
-            while self._fed_records >= _FEED_RECORDS and generation == self._generation and not self._stop.is_set():
-                self._feed_changed.wait(0.5)
-            if generation != self._generation or self._stop.is_set():
-                return
-            self._feed.append((records, chunks))
-            self._fed_records += records
-            self._feed_changed.notify_all()
-
-    def _drop_feed(self) -> None:
-        """Another worker: a new generation; what worker 0 handed on before is dropped (it is read again)."""
-        with self._feed_changed:
-            self._generation += 1
-            self._feed.clear()
-            self._fed_records = 0
-            self._feed_changed.notify_all()
+        """Another worker: take chunks worker 0 handed on (see `handoff.Inbox.put`)."""
+        self._inbox.put(generation, chunks)
 
     def _process(self, chunks: list) -> int:
         """Feed (partition, records) chunks to the engine, in order, past the records already processed; how many were."""
@@ -745,7 +716,7 @@ class EngineRuntime:
     def _rebuild(self) -> None:
         self._close_clients()
         if not self.leader:
-            self._drop_feed()  # what worker 0 handed on is read again from the restored positions
+            self._inbox.renew()  # what worker 0 handed on is read again from the restored positions
             self._subscribed = None
         self._command_producer = None  # its idempotence state belongs to the broker it talked to
         self._ensure_topic(self.command_topic, {"cleanup.policy": "delete", "retention.ms": "-1"})
@@ -1064,10 +1035,10 @@ class EngineRuntime:
 
     def _subscribe(self) -> None:
         """Another worker: ask worker 0 for the records of its partitions from its positions, in a new generation."""
-        self._drop_feed()
+        generation = self._inbox.renew()
         self._subscribed = set(self._assigned)
         if self.on_subscribe is not None:
-            self.on_subscribe(self._generation, {key: self._positions[key] for key in self._assigned})
+            self.on_subscribe(generation, {key: self._positions[key] for key in self._assigned})
 
     def follower_subscribed(self, worker: int, generation: int, positions: dict[tuple[str, int], int]) -> None:
         """Worker 0: worker `worker` reads `positions` (partition -> next offset) from now on, as `generation`."""

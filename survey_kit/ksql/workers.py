@@ -132,7 +132,9 @@ class WorkerPool:
                 process.kill()
                 process.join(5)
             connection.close()
-            self._feeds[worker].close()
+            feed = self._feeds.pop(worker, None)
+            if feed is not None:
+                feed.close()
         if self._monitor is not None:
             self._monitor.join(5)
 
