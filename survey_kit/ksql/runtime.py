@@ -40,6 +40,7 @@ module is its Kafka I/O, shaped like Kafka Streams / ksqlDB:
 from __future__ import annotations
 
 import bisect
+import collections
 import json
 import logging
 import operator
@@ -201,6 +202,7 @@ class EngineRuntime:
         # others delivered meanwhile (see `_fetch_chunks`)
         self._unheard: set[tuple[str, int]] = set()
         self._held: dict[tuple[str, int], list[tuple]] = {}
+        self._released: collections.deque[tuple[tuple[str, int], list[tuple]]] = collections.deque()
         self._hold_until = 0.0
         # other workers: told (generation, positions) to subscribe; fed worker 0's fetches, of this generation only
         self.on_subscribe: Callable[[int, dict[tuple[str, int], int]], None] | None = None
@@ -322,6 +324,11 @@ class EngineRuntime:
     def _fetch_chunks(self) -> tuple[list, list, bool]:
         """Worker 0: a fetch as (partition, records) chunks in the order to process them, handed on to the
         workers subscribed to them; the fetch's errors; whether it drained what the consumer held."""
+        if self._released:  # what was held after an assignment, a batch at a time
+            chunks = self._take_released()
+            if self._followers:
+                self._forward(chunks)
+            return chunks, [], False
         if not self._fetching:
             self._stop.wait(0.05)
             return [], [], True
@@ -355,11 +362,25 @@ class EngineRuntime:
                 self._unheard.discard(where)
             if self._unheard and time.monotonic() < self._hold_until:
                 return [], errors, True
-            runs, self._held, self._unheard = self._held, {}, set()
-        chunks = in_timestamp_order(runs)
+            # a busy partition may have delivered many fetches meanwhile: they go on a batch at a time
+            self._released.extend((where, run[i:i + self.batch_size]) for where, run in in_timestamp_order(self._held)
+                                  for i in range(0, len(run), self.batch_size))
+            self._held, self._unheard = {}, set()
+            chunks = self._take_released()
+        else:
+            chunks = in_timestamp_order(runs)
         if self._followers and chunks:
             self._forward(chunks)
-        return chunks, errors, len(messages) < self.batch_size
+        return chunks, errors, len(messages) < self.batch_size and not self._released
+
+    def _take_released(self) -> list:
+        """Worker 0: the next chunks of what was held after an assignment, up to a batch."""
+        chunks, count = [], 0
+        while self._released and count < self.batch_size:
+            chunk = self._released.popleft()
+            chunks.append(chunk)
+            count += len(chunk[1])
+        return chunks
 
     def _forward(self, chunks: list) -> None:
         """Worker 0: hand each subscribed worker the records of these chunks it has not had in its generation."""
@@ -1030,7 +1051,8 @@ class EngineRuntime:
         self._consumer.assign([TopicPartition(t, p, offset) for (t, p), offset in sorted(starts.items())])
         self._fetching = starts
         self._reassign = False
-        self._unheard, self._held = set(starts), {}  # see _fetch_chunks
+        # see _fetch_chunks; what was held and not processed yet is read again from the positions
+        self._unheard, self._held, self._released = set(starts), {}, collections.deque()
         self._hold_until = time.monotonic() + _HOLD_AFTER_ASSIGNMENT
 
     def _subscribe(self) -> None:
