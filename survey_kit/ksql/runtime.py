@@ -447,25 +447,30 @@ class EngineRuntime:
             return
         self._begin()
         partition_of = self._partition_of
-        placed = [(out, partition_of(out, input_partition)) for out in outputs]
-        last = {(out.topic, partition): i for i, (out, partition) in enumerate(placed)}
-        reporting = set(last.values())
+        placed = [partition_of(out, input_partition) for out in outputs]
+        last = {(out.topic, partition): i for i, (out, partition) in enumerate(zip(outputs, placed))}
+        reports = [None] * len(outputs)
+        for i in last.values():
+            reports[i] = self._delivered
         produce = self._producer.produce
         metrics = self.metrics
-        for i, (out, partition) in enumerate(placed):
+        replayed = self._replayed
+        for out, partition, report in zip(outputs, placed, reports):
             topic = out.topic
-            if self._replayed and self._replayed.get((topic, partition)):
+            if replayed and replayed.get((topic, partition)):
                 # already written by a transaction a crash cut short (visible on the embedded broker)
-                self._replayed[(topic, partition)] -= 1
+                replayed[(topic, partition)] -= 1
                 continue
             if out.dead_letter:
                 metrics.dead_letters += 1
             metrics.records_out += 1
-            report = self._delivered if i in reporting else None
             headers = list(out.headers) if out.headers else None
             while True:
                 try:
-                    produce(topic, out.value, out.key, partition=partition, timestamp=out.timestamp, headers=headers, on_delivery=report)
+                    # positional: produce(topic, value, key, partition, callback, on_delivery, timestamp,
+                    # headers), the order of confluent-kafka's argument list; parsing keywords took half
+                    # of this call's ~0.8 µs (tests/test_ksql_runtime.py checks what lands on the topics)
+                    produce(topic, out.value, out.key, partition, report, None, out.timestamp, headers)
                     break
                 except BufferError:  # the local queue is full: let deliveries drain
                     self._producer.poll(0.05)
