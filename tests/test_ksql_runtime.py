@@ -192,6 +192,8 @@ def test_the_talks_pipeline_runs_on_the_broker(running):
     assert [v for _, v in respondents] == [
         {"user_id": f"user-{u}", "name": f"Name {u}", "company": None, "location": "Lisbon" if u % 2 else None} for u in range(4)
     ]
+    # a projection keeps each entry's timestamp (its ROWTIME), as ksqlDB does
+    assert [ts for _, _, ts in committed(cluster, "survey-respondents")] == [1_000, 2_000, 3_000, MINUTE + 500]
     # worker 1 writes them, in transactions of its own: they may come a moment after worker 0's
     responses = wait_for(lambda: len(decoded(cluster, "survey-responses")) >= 4 and decoded(cluster, "survey-responses"), what="responses")
     # survey_entries declares no key column, so (as on ksqlDB) its projections carry no key
@@ -208,6 +210,8 @@ def test_the_talks_pipeline_runs_on_the_broker(running):
     assert key == b"1" + (0).to_bytes(8, "big")  # Kafka Streams' windowed key: key bytes, window start
     assert value["RESULTS"] == {"Apple Pie": 2, "Pecan Pie": 1}
     assert value["QUESTION"] == "Which pie?"
+    # a window's result carries the timestamp of its latest record, as Kafka Streams' suppress emits it
+    assert [ts for _, _, ts in committed(cluster, "survey-results-final")] == [3_000]
 
 
 def test_a_malformed_entry_becomes_a_dead_letter_and_the_query_goes_on(running):
