@@ -55,6 +55,19 @@ def test_simulated_respondents_confirm_entries_that_reach_kafka(cluster, running
     assert Counter(v["response"] for v in values).most_common(1)[0][0] == "Apple Pie"
 
 
+def test_a_seeded_simulation_run_again_is_new_people_doing_the_same(cluster, running_bot):
+    # a workshop notebook run twice on one stack: the bot remembers who answered, and the fake Telegram
+    # keeps every chat's messages, so the same people again would be refused or read the old replies
+    fake, runner = running_bot
+    first = simulate(fake.api_url, 15, seed=11)
+    again = simulate(fake.api_url, 15, seed=11)
+    assert again["failed"] == 0 and again["refused"] == 0, again.get("failures")
+    assert {k: v for k, v in again.items() if k != "seconds"} == {k: v for k, v in first.items() if k != "seconds"}
+    values = [v for _, v in read_values(cluster, cluster.topics.entries)]
+    assert len({v["user_id"] for v in values}) == len(values) == first["confirmed"] + again["confirmed"]
+    assert runner.status()["confirmed"] == len(values)
+
+
 def test_simulate_command_prints_one_json_document(cluster, running_bot, capsys):
     fake, runner = running_bot
     create_survey(cluster, CAKE)

@@ -164,7 +164,8 @@ def simulate(api_url: str, respondents: int, *, survey_label: str | None = None,
              progress=None) -> dict:
     """Drive `respondents` simulated people through the bot; returns what happened to them.
 
-    `rate`: new respondents per second (None: as fast as `workers` allow). `survey_label`: the survey to pick
+    `seed` makes what they do reproducible (answers, mistakes, who gives up), not who they are: each run
+    is new people (chat ids). `rate`: new respondents per second (None: as fast as `workers` allow). `survey_label`: the survey to pick
     when the bot offers several (its summary, as on the keyboard). The report has `confirmed` (= sent +
     saved), `sent`, `saved` (kept in the bot's outbox), `cancelled` (/cancel or /n), `refused`, `failed`,
     `mistyped` and `seconds`.
@@ -176,8 +177,9 @@ def simulate(api_url: str, respondents: int, *, survey_label: str | None = None,
     rng = random.Random(seed)
     behaviour = behaviour or Behaviour()
     answers = answers or {}
-    # New chat ids each run: the bot remembers who answered, for good.
-    first_chat = rng.randrange(10**9, 10**12)
+    # New chat ids each run, seed or not: the bot remembers who answered, for good, and the fake Telegram
+    # keeps its chats' messages (a workshop run again would read the last run's replies as this one's).
+    first_chat = random.SystemRandom().randrange(10**9, 10**12)
     seeds = [rng.random() for _ in range(respondents)]  # drawn up front: respondents run in threads
     outcomes: Counter[str] = Counter()
     failures: list[str] = []
