@@ -183,6 +183,16 @@ def test_state_survives_a_restart_with_a_data_dir(tmp_path):
         assert update.message.text == "kept until confirmed"
 
 
+def test_starts_again_on_its_port_while_its_closed_connections_linger(tmp_path):
+    # `make demo` twice in a row: the first fake closed its connections (they stay in TIME_WAIT a minute)
+    with FakeTelegramServer(data_dir=tmp_path) as fake:
+        port = fake.port
+        with httpx.Client() as http:  # the server closes first, so the lingering end is its own
+            assert http.get(f"{fake.api_url}/healthz", headers={"Connection": "close"}).status_code == 200
+    with FakeTelegramServer(port=port, data_dir=tmp_path) as again:
+        assert httpx.get(f"{again.api_url}/healthz").status_code == 200
+
+
 def test_process_serves_health_and_refuses_a_busy_port(tmp_path):
     with socket.socket() as busy:
         busy.bind(("127.0.0.1", 0))

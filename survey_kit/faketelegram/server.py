@@ -27,6 +27,9 @@ def bind_loopback(host: str, port: int) -> socket.socket:
             raise
         raise ValueError(f"--host {host!r} is not an IP address; use 127.0.0.1") from None
     sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_STREAM)
+    # As uvicorn does: the connections it closed linger in TIME_WAIT for a minute, and without this a fake
+    # started again on the same port (`make demo` run twice) is refused it
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     try:
         sock.bind((host, port))
     except OSError:

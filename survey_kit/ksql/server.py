@@ -267,6 +267,7 @@ def serve(cluster: Cluster, host: str = "127.0.0.1", port: int = 8088, data_dir:
         return 2
     try:
         with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as uvicorn binds: TIME_WAIT is no use
             probe.bind((host, port))
     except OSError:
         print(f"error: port {port} on {host} is in use: stop what runs there or pick another port (--port)", file=sys.stderr)
