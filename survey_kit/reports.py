@@ -14,7 +14,19 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+from jupyter_client.manager import AsyncKernelManager
+
 NOTEBOOKS = Path(__file__).resolve().parent.parent / "notebooks"
+
+
+class _LocalKernelManager(AsyncKernelManager):
+    """Kernels talking to papermill over Unix sockets (beside their connection file), not TCP ports.
+
+    The kernel runs on this machine only: with TCP, ipykernel warns every run that its traffic is
+    unencrypted (and takes ports a stack may want).
+    """
+
+    transport = "ipc"
 
 
 class NotebookNotFound(LookupError):
@@ -59,6 +71,7 @@ def run_notebook(
         cwd=str(notebook.parent),
         progress_bar=progress,
         kernel_name="python3",
+        kernel_manager_class=_LocalKernelManager,
     )
     return run_dir
 
