@@ -218,12 +218,14 @@ def _engine(args) -> int:
 def _ksql_apply(args) -> int:
     from .ksql.apply import ApplyError, apply_pipeline, ksql_client, register_value_schemas
     from .ksql.cli import _parse_defines
+    from .ksql.pipeline import read_pipeline
     from .ksql.types import KsqlError
 
     cluster = _cluster(args)
     try:
         overrides = _parse_defines(args.define)
         properties = _parse_defines(args.properties)
+        read_pipeline(args.directory, overrides)  # a wrong directory or variable changes nothing on the server
         with ksql_client(cluster) as client:
             if cluster.embedded and not cluster.settings.ksqldb.url:
                 # the embedded stack: register the schemas the streams infer their columns from

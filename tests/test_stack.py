@@ -8,6 +8,7 @@ import socket
 import subprocess
 import sys
 
+import httpx
 import pytest
 
 from survey_kit.stack import EmbeddedStack, StackError
@@ -116,6 +117,11 @@ def test_cli_up_twice_status_json_and_down(tmp_path):
         assert report["ksqldb_url"] == f"http://127.0.0.1:{ports[7]}"
         assert len(pids) == 4 and all(pid_alive(pid) for pid in pids)
         assert "answers" in run_cli("status", home=home).stdout
+
+        # a mistyped pipeline directory is refused before anything changes (no schema registered for it)
+        wrong = run_cli("ksql", "apply", str(tmp_path / "no-such-dir"), home=home)
+        assert wrong.returncode == 1 and "is not a directory of ksql statement files" in wrong.stderr
+        assert httpx.get(f"{report['schema_registry_url']}/subjects").json() == []
     finally:
         down = run_cli("down", home=home)
     assert "stopped" in down.stdout
