@@ -212,3 +212,14 @@ def test_applying_the_files_twice_is_harmless(pipeline):
     assert set(pipeline.engine.queries) == queries
     pipeline.entry("1", "Apple Pie", 1000)
     assert len(pipeline.read("survey-results-live")) == 1
+
+
+def test_applying_the_files_again_with_another_window_says_the_old_one_stays():
+    demo = Pipeline(overrides={"results_window_size": "30 SECONDS"})
+    results = [demo.engine.execute(script.text) for script in read_pipeline(KSQL_DIR, {"results_window_size": "5 MINUTES"})]
+    messages = [r.message for script_results in results for r in script_results]
+    final = [m for m in messages if "SURVEY_RESULTS_FINAL" in m]
+    assert final == ["Table SURVEY_RESULTS_FINAL already exists; nothing to do. It was created by a different "
+                     "statement, which stays in force: DROP TABLE SURVEY_RESULTS_FINAL; first to replace it."]
+    assert sum("different statement" in m for m in messages) == 1  # the other files are the same as applied
+    assert "SIZE 30 SECONDS" in demo.engine.sources["SURVEY_RESULTS_FINAL"].statement

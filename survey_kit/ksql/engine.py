@@ -127,18 +127,23 @@ class Engine:
             return self._terminate(statement)
         raise KsqlError(f"Unsupported statement at {statement.position}: {text}")
 
-    def _existing(self, kind: str, name: str, if_not_exists: bool, or_replace: bool) -> StatementResult | None:
+    def _existing(self, kind: str, name: str, if_not_exists: bool, or_replace: bool, text: str = "") -> StatementResult | None:
         existing = self.sources.get(name)
         if existing is None:
             return None
         if if_not_exists:
-            return StatementResult("", f"{existing.kind.capitalize()} {name} already exists; nothing to do.")
+            message = f"{existing.kind.capitalize()} {name} already exists; nothing to do."
+            if text and existing.statement and text.split() != existing.statement.split():
+                # e.g. `ksql apply --define` with another window: IF NOT EXISTS keeps the old one, silently in ksqlDB
+                message += (f" It was created by a different statement, which stays in force: DROP "
+                            f"{existing.kind} {name}; first to replace it.")
+            return StatementResult("", message)
         if or_replace and existing.kind == kind:
             return None
         raise KsqlError(f"Cannot add {kind.lower()} '{name}': A {existing.kind.lower()} with the same name already exists")
 
     def _create_source(self, statement: ast.CreateSource) -> StatementResult:
-        skipped = self._existing(statement.kind, statement.name, statement.if_not_exists, statement.or_replace)
+        skipped = self._existing(statement.kind, statement.name, statement.if_not_exists, statement.or_replace, statement.text)
         if skipped:
             return StatementResult(statement.text, skipped.message)
         source = create_source(statement, self.schemas)
@@ -155,7 +160,7 @@ class Engine:
 
     def _create_as_select(self, statement: ast.CreateAsSelect) -> StatementResult:
         existing = self.sources.get(statement.name)
-        skipped = self._existing(statement.kind, statement.name, statement.if_not_exists, statement.or_replace)
+        skipped = self._existing(statement.kind, statement.name, statement.if_not_exists, statement.or_replace, statement.text)
         if skipped:
             return StatementResult(statement.text, skipped.message)
         self._query_counter += 1
