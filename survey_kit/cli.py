@@ -111,7 +111,8 @@ def build_parser() -> argparse.ArgumentParser:
     report = commands.add_parser("report", help="run a notebook headless with papermill; results under reports/")
     report.add_argument("--notebook", required=True, metavar="NAME", help="e.g. report, 04_report or 04_report.ipynb")
     report.add_argument("-p", "--parameter", nargs=2, action="append", default=[], metavar=("KEY", "VALUE"),
-                        help="a notebook parameter (values read as YAML: 300, true, '48 HOURS')")
+                        help="a notebook parameter, typed as the notebook's default: text stays text "
+                             "(survey_id 1), numbers and booleans are read as YAML (300, true)")
     report.add_argument("--output", default="reports", metavar="DIR", help="where run folders go (default reports/)")
     report.set_defaults(run=_report)
 
@@ -123,20 +124,26 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _demo(args) -> int:
-    from .reports import run_demo
+    from .reports import NotebookFailed, run_demo
 
-    report = run_demo(args.respondents, args.output)
+    try:
+        report = run_demo(args.respondents, args.output)
+    except NotebookFailed as exc:
+        print(f"survey-kit: error: {exc.summary()}", file=sys.stderr)
+        return 1
     print(f"\nThe report: {report.resolve()}")
     return 0
 
 
 def _report(args) -> int:
-    import yaml
+    from .reports import NotebookFailed, parse_parameters, run_notebook
 
-    from .reports import run_notebook
-
-    parameters = {key: yaml.safe_load(value) for key, value in args.parameter}
-    run_dir = run_notebook(args.notebook, parameters, args.output, progress=True)
+    parameters = parse_parameters(args.notebook, args.parameter)
+    try:
+        run_dir = run_notebook(args.notebook, parameters, args.output, progress=True)
+    except NotebookFailed as exc:
+        print(f"survey-kit: error: {exc.summary()}", file=sys.stderr)
+        return 1
     print(f"executed notebook and its files: {run_dir}")
     return 0
 

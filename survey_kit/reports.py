@@ -9,12 +9,14 @@ notebook wrote there: the directory is passed to the notebook as its ``output_di
 
 from __future__ import annotations
 
+import ast
 import time
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
 from jupyter_client.manager import AsyncKernelManager
+from papermill import PapermillExecutionError
 
 NOTEBOOKS = Path(__file__).resolve().parent.parent / "notebooks"
 
@@ -33,6 +35,23 @@ class NotebookNotFound(LookupError):
     """No notebook of that name; the message lists the notebooks there are."""
 
 
+class UnknownParameter(LookupError):
+    """A parameter the notebook does not declare; the message lists those it does."""
+
+
+class NotebookFailed(PapermillExecutionError):
+    """A cell of the notebook raised: papermill's error, with where the partly executed notebook is (`executed`)."""
+
+    def __init__(self, error: PapermillExecutionError, executed: Path):
+        super().__init__(error.cell_index, error.exec_count, error.source, error.ename, error.evalue, error.traceback)
+        self.executed = executed
+
+    def summary(self) -> str:
+        """One paragraph for a command line: the cell, the error, the executed notebook."""
+        return (f"{self.executed.name} failed in cell [{self.exec_count}]: {self.ename}: {self.evalue}\n"
+                f"the partly executed notebook, with the traceback: {self.executed}")
+
+
 def find_notebook(name: str, notebooks: Path = NOTEBOOKS) -> Path:
     """A notebook by file name (``04_report.ipynb``), stem (``04_report``) or short name (``report``)."""
     candidates = sorted(notebooks.glob("*.ipynb"))
@@ -44,6 +63,30 @@ def find_notebook(name: str, notebooks: Path = NOTEBOOKS) -> Path:
     raise NotebookNotFound(f"no notebook called {name!r} in {notebooks}; the notebooks are: {names}")
 
 
+def parse_parameters(name: str, pairs: Iterable[tuple[str, str]]) -> dict[str, Any]:
+    """Command-line ``-p NAME VALUE`` pairs for notebook `name`, typed as its parameters cell declares them.
+
+    A parameter whose default is a string or None takes VALUE as written (``-p survey_id 1`` is the
+    survey "1", not the number); the others read it as YAML (``300``, ``true``). A name the notebook does
+    not declare is refused (papermill would add it unused), with the ones it does.
+    """
+    import papermill
+    import yaml
+
+    declared = papermill.inspect_notebook(str(find_notebook(name)))
+    parameters: dict[str, Any] = {}
+    for key, value in pairs:
+        if key not in declared:
+            raise UnknownParameter(f"{find_notebook(name).stem} has no parameter {key!r}; "
+                                   f"its parameters are: {', '.join(declared)}")
+        try:
+            default = ast.literal_eval(declared[key]["default"])
+        except (ValueError, SyntaxError):  # an expression as default: no type to go by
+            default = None
+        parameters[key] = value if default is None or isinstance(default, str) else yaml.safe_load(value)
+    return parameters
+
+
 def run_notebook(
     name: str,
     parameters: Mapping[str, Any] | None = None,
@@ -52,8 +95,8 @@ def run_notebook(
 ) -> Path:
     """Execute a notebook with papermill; returns the run's directory (executed notebook + artifacts).
 
-    Raises papermill's PapermillExecutionError, naming the failing cell, if the notebook fails; the
-    partly executed notebook is still written for inspection.
+    Raises NotebookFailed (a papermill PapermillExecutionError naming the failing cell) if the notebook
+    fails; the partly executed notebook is still written for inspection.
     """
     import papermill
 
@@ -64,15 +107,18 @@ def run_notebook(
         suffix += 1
         run_dir = run_dir.with_name(f"{run_dir.name.split('.')[0]}.{suffix}")
     run_dir.mkdir(parents=True)
-    papermill.execute_notebook(
-        str(notebook),
-        str(run_dir / notebook.name),
-        parameters={**(parameters or {}), "output_dir": str(run_dir.resolve())},
-        cwd=str(notebook.parent),
-        progress_bar=progress,
-        kernel_name="python3",
-        kernel_manager_class=_LocalKernelManager,
-    )
+    try:
+        papermill.execute_notebook(
+            str(notebook),
+            str(run_dir / notebook.name),
+            parameters={**(parameters or {}), "output_dir": str(run_dir.resolve())},
+            cwd=str(notebook.parent),
+            progress_bar=progress,
+            kernel_name="python3",
+            kernel_manager_class=_LocalKernelManager,
+        )
+    except PapermillExecutionError as exc:
+        raise NotebookFailed(exc, run_dir / notebook.name) from None
     return run_dir
 
 

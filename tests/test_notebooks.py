@@ -133,6 +133,33 @@ def test_notebook_fails_early_with_a_clear_message(workshop, reports):
         run_notebook("live_vs_windowed", {"survey_id": "9", **WINDOWS}, reports)
 
 
+def test_a_scheduled_report_from_the_command_line(workshop, reports, capsys):
+    from survey_kit.cli import main
+
+    # as the notebook's own usage line runs it: survey_id 1 is the survey "1", not the number
+    code = main(["report", "--notebook", "report", "-p", "survey_id", "1", "-p", "window_size", "10 SECONDS",
+                 "-p", "grace", "2 SECONDS", "--output", str(reports)])
+    out, err = capsys.readouterr()
+    assert code == 0, err
+    run_dir = out.rsplit("executed notebook and its files: ", 1)[1].strip()
+    assert "Which Thanksgiving Pie" in open(os.path.join(run_dir, "report.html")).read()
+
+    assert main(["report", "--notebook", "report", "-p", "surveyid", "1"]) == 1  # refused before it runs
+    assert "04_report has no parameter 'surveyid'; its parameters are: survey_id, " in capsys.readouterr().err
+
+
+def test_a_failing_scheduled_report_says_which_cell_and_where_the_notebook_is(workshop, reports, capsys):
+    from survey_kit.cli import main
+
+    code = main(["report", "--notebook", "report", "-p", "survey_id", "9", "-p", "window_size", "10 SECONDS",
+                 "--output", str(reports)])
+    err = capsys.readouterr().err
+    assert code == 1 and "Traceback" not in err
+    assert "04_report.ipynb failed in cell [" in err and "survey '9' is not defined" in err
+    executed = err.rsplit("the partly executed notebook, with the traceback: ", 1)[1].strip()
+    assert executed.endswith("04_report.ipynb") and os.path.exists(executed)
+
+
 def test_notebooks_are_committed_without_outputs():
     import nbformat
 
