@@ -14,6 +14,8 @@ from dataclasses import dataclass, field
 from functools import cached_property
 from typing import Any
 
+from confluent_kafka import KafkaError
+from confluent_kafka.admin import AdminClient
 from confluent_kafka.schema_registry import SchemaRegistryClient
 
 from .config import Settings, load_settings
@@ -64,6 +66,10 @@ class Cluster:
 
     def admin_config(self, **overrides: Any) -> dict[str, Any]:
         return self.client_config(**overrides)
+
+    def request_admin(self) -> RequestAdmin:
+        """An admin client for one-off requests (create topics, list them) whose failure is one error."""
+        return RequestAdmin(self)
 
     def registry_config(self) -> dict[str, Any]:
         """Configuration for confluent-kafka's SchemaRegistryClient."""
@@ -135,3 +141,29 @@ def connect_or_start(settings: Settings | None = None) -> tuple[Cluster, Embedde
     except StackError:
         stack = EmbeddedStack().start()
         return from_stack(stack, settings), stack
+
+
+class RequestAdmin:
+    """An AdminClient that does not log connection failures but keeps them for the error message.
+
+    While a broker is down librdkafka logs every connection attempt on stderr, some twenty a second, for
+    as long as a request waits: a command line reporting it would bury its one error under hundreds of
+    lines. Those errors come to `error_cb` instead, and `reason()` names the last one.
+
+        admin = cluster.request_admin()
+        admin.client.list_topics(timeout=10)   # KafkaException: "... Broker transport failure"
+        admin.reason()     # "; last: 127.0.0.1:1/bootstrap: Connect to ipv4#127.0.0.1:1 failed: Connection refused ..."
+    """
+
+    def __init__(self, cluster: Cluster):
+        self._errors: list[KafkaError] = []
+        # log_level 2: librdkafka's critical messages only; its errors still reach error_cb
+        self.client = AdminClient(cluster.admin_config(error_cb=self._errors.append, log_level=2))
+
+    def reason(self) -> str:
+        """The last error the client met other than "all brokers are down", as '; last: ...', or ''."""
+        self.client.poll(0)  # error_cb is served by poll()
+        errors = [e for e in self._errors if e.code() != KafkaError._ALL_BROKERS_DOWN]
+        if not errors:
+            return ""
+        return f"; last: {errors[-1].str()}"

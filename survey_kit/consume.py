@@ -11,7 +11,6 @@ from collections.abc import Iterator
 from typing import Any
 
 from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, KafkaException, Message, TopicPartition
-from confluent_kafka.admin import AdminClient
 from confluent_kafka.serialization import MessageField, SerializationContext
 
 from .cluster import Cluster
@@ -24,10 +23,12 @@ class TopicMissing(LookupError):
 
 def partitions_of(cluster: Cluster, topic: str, timeout: float = 10.0) -> list[int]:
     """The partition numbers of ``topic``; raises TopicMissing if there is no such topic."""
+    admin = cluster.request_admin()
     try:
-        metadata = AdminClient(cluster.admin_config()).list_topics(topic=None, timeout=timeout)
+        metadata = admin.client.list_topics(topic=None, timeout=timeout)
     except KafkaException as exc:
-        raise ConnectionError(f"cannot reach Kafka at {cluster.bootstrap_servers}: {exc.args[0].str()}") from None
+        raise ConnectionError(f"cannot reach Kafka at {cluster.bootstrap_servers}: {exc.args[0].str()}"
+                              f"{admin.reason()}") from None
     described = metadata.topics.get(topic)
     if described is None or described.error is not None:
         raise TopicMissing(f"topic {topic!r} does not exist: run `survey-kit topics create` first")

@@ -9,7 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from confluent_kafka import KafkaError, KafkaException
-from confluent_kafka.admin import AdminClient, NewTopic
+from confluent_kafka.admin import NewTopic
 
 from .cluster import Cluster
 
@@ -41,7 +41,8 @@ def topic_specs(cluster: Cluster) -> dict[str, dict[str, str]]:
 
 def create_topics(cluster: Cluster, timeout: float = 15.0) -> list[TopicReport]:
     """Create the survey topics that do not exist yet and report on all of them."""
-    admin = AdminClient(cluster.admin_config())
+    requests = cluster.request_admin()
+    admin = requests.client
     partitions = cluster.settings.partitions
     # Replication: one copy on the embedded broker; the cluster's default elsewhere (3 on Confluent Cloud).
     replication = 1 if cluster.embedded else -1
@@ -59,7 +60,8 @@ def create_topics(cluster: Cluster, timeout: float = 15.0) -> list[TopicReport]:
         except KafkaException as exc:
             error = exc.args[0]
             if error.code() != KafkaError.TOPIC_ALREADY_EXISTS:
-                raise ConnectionError(f"cannot create topic {name!r} on {cluster.bootstrap_servers}: {error.str()}") from None
+                raise ConnectionError(f"cannot create topic {name!r} on {cluster.bootstrap_servers}: {error.str()}"
+                                      f"{requests.reason()}") from None
             if existing is None:
                 existing = admin.list_topics(timeout=timeout).topics
             count = len(existing[name].partitions)
