@@ -223,3 +223,14 @@ def test_applying_the_files_again_with_another_window_says_the_old_one_stays():
                      "statement, which stays in force: DROP TABLE SURVEY_RESULTS_FINAL; first to replace it."]
     assert sum("different statement" in m for m in messages) == 1  # the other files are the same as applied
     assert "SIZE 30 SECONDS" in demo.engine.sources["SURVEY_RESULTS_FINAL"].statement
+
+
+def test_the_results_window_comes_from_the_files_without_a_server():
+    from survey_kit.cluster import Cluster
+    from survey_kit.ksql.apply import results_window
+
+    nowhere = Cluster("127.0.0.1:1", "http://127.0.0.1:1")  # no ksqlDB to DESCRIBE the table
+    assert results_window(nowhere) == ("48 HOURS", "10 MINUTES")
+    assert results_window(nowhere, "5 MINUTES") == ("5 MINUTES", "10 MINUTES")
+    with pytest.raises(ValueError, match="window_size '5 minutez' is not a ksqlDB duration"):
+        results_window(nowhere, "5 minutez")

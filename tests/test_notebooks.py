@@ -137,12 +137,18 @@ def test_a_scheduled_report_from_the_command_line(workshop, reports, capsys):
     from survey_kit.cli import main
 
     # as the notebook's own usage line runs it: survey_id 1 is the survey "1", not the number
-    code = main(["report", "--notebook", "report", "-p", "survey_id", "1", "-p", "window_size", "10 SECONDS",
-                 "-p", "grace", "2 SECONDS", "--output", str(reports)])
+    # no window given: the report takes the deployed pipeline's (the workshop applied 10-second windows)
+    code = main(["report", "--notebook", "report", "-p", "survey_id", "1", "--output", str(reports)])
     out, err = capsys.readouterr()
     assert code == 0, err
     run_dir = out.rsplit("executed notebook and its files: ", 1)[1].strip()
-    assert "Which Thanksgiving Pie" in open(os.path.join(run_dir, "report.html")).read()
+    page = open(os.path.join(run_dir, "report.html")).read()
+    assert "Which Thanksgiving Pie" in page and "Windows of 10 SECONDS with a grace period of 2 SECONDS" in page
+
+    # a window that did not make the results is refused, not used to recompute them
+    assert main(["report", "--notebook", "report", "-p", "survey_id", "1", "-p", "window_size", "48 HOURS",
+                 "--output", str(reports)]) == 1
+    assert "window_size '48 HOURS' is not the deployed pipeline's (10 SECONDS" in capsys.readouterr().err
 
     assert main(["report", "--notebook", "report", "-p", "surveyid", "1"]) == 1  # refused before it runs
     assert "04_report has no parameter 'surveyid'; its parameters are: survey_id, " in capsys.readouterr().err

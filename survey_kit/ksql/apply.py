@@ -24,7 +24,8 @@ from pathlib import Path
 from survey_kit.cluster import Cluster
 from survey_kit.schemas import load_schema
 
-from .parser import split_statements
+from . import ast
+from .parser import _TIME_UNITS, parse_statement, split_statements
 from .pipeline import read_pipeline
 from .rest import KsqlRestClient, KsqlServerError
 from .types import KsqlError
@@ -105,6 +106,62 @@ def apply_pipeline(client: KsqlRestClient, directory: str | Path = "ksql", overr
     return applied
 
 
+RESULTS_TABLE = "survey_results_final"
+KSQL_DIR = Path(__file__).resolve().parents[2] / "ksql"
+
+
+def results_window(cluster: Cluster, size: str | None = None, grace: str | None = None) -> tuple[str, str]:
+    """The final results' tumbling window (size, grace), e.g. ("48 HOURS", "10 MINUTES"), as analyses need it.
+
+    As deployed (DESCRIBE survey_results_final on the configured ksqlDB or the embedded engine), else as
+    the ksql/ files define it. `size` / `grace` given: checked against the deployed pipeline, since results
+    recomputed with another window than the one that made them would disagree everywhere; ValueError
+    says which differs and what to do.
+    """
+    deployed = _deployed_window(cluster)
+    fallback = deployed or _window_of(read_pipeline(KSQL_DIR)[-1].text, "ksql/")
+    chosen = []
+    for name, given, known in (("window_size", size, fallback[0]), ("grace", grace, fallback[1])):
+        if given is None:
+            chosen.append(known.text)
+            continue
+        if _millis(given, name) != known.millis and deployed is not None:
+            raise ValueError(f"{name} {given!r} is not the deployed pipeline's ({known.text}, in "
+                             f"{RESULTS_TABLE}): leave the parameter out to use it, or apply the pipeline "
+                             f"with this window (drop {RESULTS_TABLE} first)")
+        chosen.append(given)
+    return chosen[0], chosen[1]
+
+
+def _deployed_window(cluster: Cluster) -> tuple[ast.Duration, ast.Duration] | None:
+    try:
+        with ksql_client(cluster) as client:
+            found = client.execute(f"DESCRIBE {RESULTS_TABLE};")[0]
+    except (ConnectionError, KsqlServerError):  # no server, or no such table yet
+        return None
+    try:
+        return _window_of(found["sourceDescription"]["statement"], RESULTS_TABLE)
+    except KsqlError:  # a statement this grammar cannot read (another ksqlDB version): as if not described
+        return None
+
+
+def _window_of(statement: str, where: str) -> tuple[ast.Duration, ast.Duration]:
+    pieces = split_statements(statement.rstrip().rstrip(";") + ";")  # DESCRIBE gives it without its ';'
+    created = parse_statement(pieces[-1])
+    window = created.query.window if isinstance(created, ast.CreateAsSelect) else None
+    if window is None or window.kind != "TUMBLING" or window.grace is None:
+        raise KsqlError(f"{where}: the final results are not a TUMBLING window with a GRACE PERIOD")
+    return window.size, window.grace
+
+
+def _millis(duration: str, name: str) -> int:
+    amount, _, unit = duration.strip().partition(" ")
+    factor = _TIME_UNITS.get(unit.strip().upper())
+    if factor is None or not amount.isdigit():
+        raise ValueError(f"{name} {duration!r} is not a ksqlDB duration such as '48 HOURS'")
+    return int(amount) * factor
+
+
 def _same(a: str, b: str) -> bool:
     return " ".join(a.rstrip(";").split()) == " ".join(b.rstrip(";").split())
 
@@ -117,4 +174,5 @@ def _message(found: dict) -> str:
     return f"{kind}" if kind else str(found)
 
 
-__all__ = ["AppliedStatement", "ApplyError", "KsqlError", "apply_pipeline", "ksql_client", "register_value_schemas"]
+__all__ = ["AppliedStatement", "ApplyError", "KsqlError", "apply_pipeline", "ksql_client", "register_value_schemas",
+           "results_window"]
