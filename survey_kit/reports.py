@@ -15,6 +15,8 @@ from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
+import papermill
+import yaml
 from jupyter_client.manager import AsyncKernelManager
 from papermill import PapermillExecutionError
 
@@ -70,9 +72,6 @@ def parse_parameters(name: str, pairs: Iterable[tuple[str, str]]) -> dict[str, A
     survey "1", not the number); the others read it as YAML (``300``, ``true``). A name the notebook does
     not declare is refused (papermill would add it unused), with the ones it does.
     """
-    import papermill
-    import yaml
-
     declared = papermill.inspect_notebook(str(find_notebook(name)))
     parameters: dict[str, Any] = {}
     for key, value in pairs:
@@ -98,8 +97,6 @@ def run_notebook(
     Raises NotebookFailed (a papermill PapermillExecutionError naming the failing cell) if the notebook
     fails; the partly executed notebook is still written for inspection.
     """
-    import papermill
-
     notebook = find_notebook(name)
     run_dir = Path(output_root) / f"{notebook.stem}-{time.strftime('%Y%m%d-%H%M%S')}"
     suffix = 1
