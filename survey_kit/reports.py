@@ -72,11 +72,12 @@ def parse_parameters(name: str, pairs: Iterable[tuple[str, str]]) -> dict[str, A
     survey "1", not the number); the others read it as YAML (``300``, ``true``). A name the notebook does
     not declare is refused (papermill would add it unused), with the ones it does.
     """
-    declared = papermill.inspect_notebook(str(find_notebook(name)))
+    notebook = find_notebook(name)
+    declared = papermill.inspect_notebook(str(notebook))
     parameters: dict[str, Any] = {}
     for key, value in pairs:
         if key not in declared:
-            raise UnknownParameter(f"{find_notebook(name).stem} has no parameter {key!r}; "
+            raise UnknownParameter(f"{notebook.stem} has no parameter {key!r}; "
                                    f"its parameters are: {', '.join(declared)}")
         try:
             default = ast.literal_eval(declared[key]["default"])

@@ -25,8 +25,9 @@ from survey_kit.cluster import Cluster
 from survey_kit.schemas import load_schema
 
 from . import ast
-from .parser import _TIME_UNITS, parse_statement, split_statements
+from .parser import parse_statement, split_statements
 from .pipeline import read_pipeline
+from .planner import _parse_duration_text
 from .rest import KsqlRestClient, KsqlServerError
 from .types import KsqlError
 
@@ -155,11 +156,10 @@ def _window_of(statement: str, where: str) -> tuple[ast.Duration, ast.Duration]:
 
 
 def _millis(duration: str, name: str) -> int:
-    amount, _, unit = duration.strip().partition(" ")
-    factor = _TIME_UNITS.get(unit.strip().upper())
-    if factor is None or not amount.isdigit():
-        raise ValueError(f"{name} {duration!r} is not a ksqlDB duration such as '48 HOURS'")
-    return int(amount) * factor
+    try:
+        return _parse_duration_text(duration)
+    except KsqlError:  # its message names WINDOW_SIZE, a WITH property: say which parameter it was
+        raise ValueError(f"{name} {duration!r} is not a ksqlDB duration such as '48 HOURS'") from None
 
 
 def _same(a: str, b: str) -> bool:
