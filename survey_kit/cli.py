@@ -92,16 +92,26 @@ def build_parser() -> argparse.ArgumentParser:
     engine.set_defaults(run=_engine)
 
     from .ksql.cli import add_subcommands
+    from .ksql.pipeline import PIPELINE_DIR
 
     ksql = commands.add_parser("ksql", help="the ksql pipeline: apply it, check it, run conformance tests")
     ksql.set_defaults(run=lambda args: args.func(args) if hasattr(args, "func") else ksql.print_help() or 2)
     ksql_commands = ksql.add_subparsers(metavar="ACTION")
     apply = ksql_commands.add_parser("apply", help="apply the ksql/ statement files to ksqlDB or the embedded engine")
-    apply.add_argument("directory", nargs="?", default="ksql", metavar="DIR", help="folder of *.sql files (default: ksql)")
+    apply.add_argument("directory", nargs="?", default=PIPELINE_DIR, metavar="DIR",
+                       help=f"folder of *.sql files (default: the survey pipeline, {PIPELINE_DIR})")
     apply.add_argument("--define", action="append", default=[], metavar="NAME=VALUE", help="override a DEFINE'd variable")
     apply.add_argument("--set", action="append", default=[], metavar="NAME=VALUE", dest="properties",
                        help="a property for the queries created (as ksqlDB's SET), e.g. survey_kit.emit.final.wall.clock=true")
     apply.set_defaults(func=_ksql_apply)
+    run = ksql_commands.add_parser("run", help="run statements on ksqlDB or the embedded engine and show the answers "
+                                               "(SHOW QUERIES; DESCRIBE ...; DROP ...; TERMINATE ...)")
+    run.add_argument("statements", metavar="STATEMENTS", help="semicolon-terminated statements, or - to read them from stdin")
+    run.add_argument("--define", action="append", default=[], metavar="NAME=VALUE", help="a variable for ${NAME} in the statements")
+    run.add_argument("--set", action="append", default=[], metavar="NAME=VALUE", dest="properties",
+                     help="a property for the queries created (as ksqlDB's SET)")
+    run.add_argument("--json", action="store_true", help="print the server's answer as JSON")
+    run.set_defaults(func=_ksql_run)
     add_subcommands(ksql_commands)
 
     from .bot.cli import add_subcommands as add_bot_subcommands
@@ -243,6 +253,36 @@ def _ksql_apply(args) -> int:
     except (ApplyError, KsqlError) as exc:
         print(f"survey-kit: error: {exc}", file=sys.stderr)
         return 1
+    return 0
+
+
+def _ksql_run(args) -> int:
+    from .ksql.apply import ksql_client
+    from .ksql.cli import _parse_defines
+    from .ksql.entities import entity_lines
+    from .ksql.rest import KsqlServerError
+    from .ksql.types import KsqlError
+
+    statements = sys.stdin.read() if args.statements == "-" else args.statements
+    if not statements.strip():
+        print("survey-kit: error: no statements given; e.g. survey-kit ksql run 'SHOW QUERIES;'", file=sys.stderr)
+        return 2
+    try:
+        variables = _parse_defines(args.define)
+        properties = _parse_defines(args.properties)
+        with ksql_client(_cluster(args)) as client:
+            entities = client.execute(statements, properties, variables)
+    except KsqlServerError as exc:
+        print(f"survey-kit: error: {exc.message}", file=sys.stderr)
+        return 1
+    except KsqlError as exc:
+        print(f"survey-kit: error: {exc}", file=sys.stderr)
+        return 1
+    if args.json:
+        print(json.dumps(entities, indent=2))
+    else:
+        for line in entity_lines(entities):
+            print(line)
     return 0
 
 

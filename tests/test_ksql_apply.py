@@ -40,7 +40,7 @@ def deployment(tmp_path_factory):
             engine.stop()
 
 
-def run_cli(deployment, *args, ksqldb_url=None):
+def run_cli(deployment, *args, ksqldb_url=None, cwd=None, stdin=None):
     stack, cluster, engine, data = deployment
     config = data / "survey-kit.yaml"
     config.write_text(
@@ -54,7 +54,7 @@ def run_cli(deployment, *args, ksqldb_url=None):
     env = {k: v for k, v in os.environ.items() if not k.startswith("SURVEY_KIT_")}
     env["SURVEY_KIT_HOME"] = str(data)
     return subprocess.run(CLI + ["--config", str(config), *args], env=env, capture_output=True, text=True, timeout=120,
-                          cwd=Path(KSQL_DIR).parent)
+                          cwd=cwd or Path(KSQL_DIR).parent, input=stdin)
 
 
 def test_apply_before_the_schemas_exist_says_what_to_do(deployment):
@@ -85,6 +85,51 @@ def test_apply_twice_is_harmless(deployment):
     recorded = [c for c in engine_commands(engine) if "survey_results_final" in c["statement"]]
     # the request's properties, and the worker process the engine placed the query on
     assert recorded[0]["streamsProperties"] == {"survey_kit.emit.final.wall.clock": "true", "survey_kit.worker": "1"}
+
+
+def test_apply_from_another_directory_applies_the_survey_pipeline(deployment):
+    stack, cluster, engine, data = deployment
+    elsewhere = data / "elsewhere"
+    elsewhere.mkdir(exist_ok=True)
+    result = run_cli(deployment, "ksql", "apply", "--define", "results_window_size=5 MINUTES", cwd=elsewhere)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.count("already exists") == 6, result.stdout
+
+    wrong = run_cli(deployment, "ksql", "apply", "pipline", cwd=elsewhere)
+    assert wrong.returncode == 1
+    assert "pipline is not a directory of ksql statement files" in wrong.stderr
+    assert str(KSQL_DIR) in wrong.stderr  # where the survey pipeline is
+
+
+def test_ksql_run_shows_what_the_server_answers(deployment):
+    result = run_cli(deployment, "ksql", "run", "SHOW QUERIES; DESCRIBE survey_results_live; SHOW STREAMS;")
+    assert result.returncode == 0, result.stderr
+    lines = [" ".join(line.split()) for line in result.stdout.splitlines()]
+    live = [line for line in lines if line.startswith("CTAS_SURVEY_RESULTS_LIVE_2 | RUNNING | survey-results-live | "
+                                                      "CREATE TABLE IF NOT EXISTS survey_results_live WITH (")]
+    assert len(live) == 1 and live[0].endswith("...")  # a long statement is shortened to keep a line per query
+    assert "SURVEY_ID | STRING (primary key)" in lines
+    assert "RESULTS | MAP<STRING, BIGINT>" in lines  # the histogram's type, as ksqlDB describes it
+    assert "Queries that write to it: CTAS_SURVEY_RESULTS_LIVE_2 (RUNNING)" in lines
+    assert "SURVEY_RESPONSES | survey-responses | KAFKA | AVRO | false" in lines
+
+    from_stdin = run_cli(deployment, "ksql", "run", "-", "--json", stdin="LIST TOPICS;\n")
+    assert from_stdin.returncode == 0, from_stdin.stderr
+    topics = json.loads(from_stdin.stdout)[0]
+    assert topics["@type"] == "kafka_topics"
+    assert "survey-entries" in {topic["name"] for topic in topics["topics"]}
+
+
+@pytest.mark.parametrize(("statements", "message"), [
+    ("DESCRIBE no_such_table;", "Could not find STREAM/TABLE 'NO_SUCH_TABLE'"),
+    ("SELECT * FROM survey_results_live EMIT CHANGES;", "Unsupported statement 'SELECT' at line 1, column 1"),
+    ("  ", "no statements given"),
+])
+def test_ksql_run_refusals_are_one_line(deployment, statements, message):
+    result = run_cli(deployment, "ksql", "run", statements)
+    assert result.returncode in (1, 2)
+    assert message in result.stderr and "Traceback" not in result.stderr
+    assert result.stdout == ""
 
 
 def engine_commands(engine) -> list[dict]:

@@ -26,7 +26,7 @@ from survey_kit.schemas import load_schema
 
 from . import ast
 from .parser import parse_statement, split_statements
-from .pipeline import read_pipeline
+from .pipeline import PIPELINE_DIR, read_pipeline
 from .planner import _parse_duration_text
 from .rest import KsqlRestClient, KsqlServerError
 from .types import KsqlError
@@ -75,7 +75,7 @@ def register_value_schemas(cluster: Cluster) -> list[str]:
     return subjects
 
 
-def apply_pipeline(client: KsqlRestClient, directory: str | Path = "ksql", overrides: dict[str, str] | None = None,
+def apply_pipeline(client: KsqlRestClient, directory: str | Path = PIPELINE_DIR, overrides: dict[str, str] | None = None,
                    properties: dict[str, str] | None = None) -> list[AppliedStatement]:
     """Run the statement files of `directory` on the server, in order; returns what each statement did.
 
@@ -108,7 +108,6 @@ def apply_pipeline(client: KsqlRestClient, directory: str | Path = "ksql", overr
 
 
 RESULTS_TABLE = "survey_results_final"
-KSQL_DIR = Path(__file__).resolve().parents[2] / "ksql"
 
 
 def results_window(cluster: Cluster, size: str | None = None, grace: str | None = None) -> tuple[str, str]:
@@ -120,7 +119,7 @@ def results_window(cluster: Cluster, size: str | None = None, grace: str | None 
     says which differs and what to do.
     """
     deployed = _deployed_window(cluster)
-    fallback = deployed or _window_of(read_pipeline(KSQL_DIR)[-1].text, "ksql/")
+    fallback = deployed or _window_of(read_pipeline(PIPELINE_DIR)[-1].text, "ksql/")
     chosen = []
     for name, given, known in (("window_size", size, fallback[0]), ("grace", grace, fallback[1])):
         if given is None:

@@ -16,7 +16,7 @@ from pathlib import Path
 
 from .engine import Engine
 from .formats import InMemorySchemaStore
-from .pipeline import read_pipeline
+from .pipeline import PIPELINE_DIR, read_pipeline
 from .qtt import run_files
 from .types import KsqlError
 
@@ -80,7 +80,8 @@ def add_subcommands(subparsers) -> None:
     test.set_defaults(func=_test)
 
     check = subparsers.add_parser("check", help="parse and plan the ksql/ statement files with the embedded engine")
-    check.add_argument("directory", nargs="?", default="ksql", metavar="DIR", help="folder of *.sql files (default: ksql)")
+    check.add_argument("directory", nargs="?", default=PIPELINE_DIR, metavar="DIR",
+                       help=f"folder of *.sql files (default: the survey pipeline, {PIPELINE_DIR})")
     check.add_argument("--define", action="append", default=[], metavar="NAME=VALUE", help="override a DEFINE'd variable")
     check.set_defaults(func=_check)
 

@@ -23,6 +23,10 @@ from . import ast
 from .parser import parse_statement, split_statements
 from .types import KsqlError
 
+# The project's own pipeline (the repository's ksql/ folder, beside the package): what `survey-kit ksql
+# apply` and `check` read when no folder is given, from whatever directory they are run.
+PIPELINE_DIR = Path(__file__).resolve().parents[2] / "ksql"
+
 
 @dataclass(frozen=True)
 class PipelineScript:
@@ -34,7 +38,8 @@ def pipeline_files(directory: str | Path) -> list[Path]:
     """The `*.sql` files of `directory`, in the order they are applied."""
     folder = Path(directory)
     if not folder.is_dir():
-        raise KsqlError(f"{folder} is not a directory of ksql statement files (*.sql).")
+        raise KsqlError(f"{folder} is not a directory of ksql statement files (*.sql): give the folder that holds "
+                        f"them (the survey pipeline's is {PIPELINE_DIR}).")
     files = sorted(folder.glob("*.sql"))
     if not files:
         raise KsqlError(f"{folder} holds no *.sql statement files.")

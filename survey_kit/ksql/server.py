@@ -66,7 +66,20 @@ def _error(status: int, code: int, message: str, statement: str | None = None, e
 
 
 def _field(column, kind: str | None) -> dict:
-    return {"name": column.name, "schema": {"type": str(column.type).split("<")[0].split("(")[0], "fields": None, "memberSchema": None}, **({"type": kind} if kind else {})}
+    return {"name": column.name, "schema": _schema_info(column.type), **({"type": kind} if kind else {})}
+
+
+def _schema_info(sql_type) -> dict:
+    """A column type as ksqlDB's REST API describes it (its SchemaInfo): item / value type of ARRAY and MAP
+    in memberSchema, STRUCT fields in fields, DECIMAL's precision and scale in parameters."""
+    info = {"type": sql_type.base, "fields": None, "memberSchema": None}
+    if sql_type.base in ("ARRAY", "MAP") and sql_type.item is not None:
+        info["memberSchema"] = _schema_info(sql_type.item)
+    elif sql_type.base == "STRUCT":
+        info["fields"] = [{"name": name, "schema": _schema_info(field_type)} for name, field_type in sql_type.fields]
+    elif sql_type.base == "DECIMAL":
+        info["parameters"] = {"precision": sql_type.precision, "scale": sql_type.scale}
+    return info
 
 
 def _source_entity(runtime: EngineRuntime, name: str) -> dict:
