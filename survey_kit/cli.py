@@ -272,10 +272,7 @@ def _ksql_run(args) -> int:
         properties = _parse_defines(args.properties)
         with ksql_client(_cluster(args)) as client:
             entities = client.execute(statements, properties, variables)
-    except KsqlServerError as exc:
-        print(f"survey-kit: error: {exc.message}", file=sys.stderr)
-        return 1
-    except KsqlError as exc:
+    except (KsqlServerError, KsqlError) as exc:  # the server's refusal, or a malformed --define / --set
         print(f"survey-kit: error: {exc}", file=sys.stderr)
         return 1
     if args.json:
