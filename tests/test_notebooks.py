@@ -166,6 +166,35 @@ def test_a_failing_scheduled_report_says_which_cell_and_where_the_notebook_is(wo
     assert executed.endswith("04_report.ipynb") and os.path.exists(executed)
 
 
+def test_workshop_on_a_pipeline_with_long_windows_ends_and_says_when_they_close(workshop, reports):
+    # a user applied the talk's 48-hour windows before (IF NOT EXISTS keeps them): the workshop must not
+    # wait two days for the final results; it waits final_wait_s and says when the window closes
+    from survey_kit.ksql.apply import ksql_client
+
+    cluster = connect()
+    with ksql_client(cluster) as ksql:
+        ksql.execute("DROP TABLE survey_results_final;")
+    started = time.monotonic()
+    run_dir = run_notebook("workshop", {"respondents": 5, "duration_s": 60, "window_size": "48 HOURS",
+                                        "grace": "10 MINUTES", "final_wait_s": 4}, reports)
+    assert time.monotonic() - started < 120
+    printed = _printed(run_dir / "01_workshop.ipynb")
+    assert " window(s) not closed within final_wait_s=4: the last closes at " in printed
+    assert "UTC (window end + grace); its final result appears on survey-results-final then" in printed
+    closes = datetime.strptime(printed.split("the last closes at ", 1)[1][:19], "%Y-%m-%d %H:%M:%S").replace(tzinfo=UTC)
+    window_ms = 48 * 3600 * 1000  # windows are epoch-aligned: the last one holds the latest entry
+    last_start = int(read_topic(cluster, cluster.topics.entries, progress=False)["timestamp_ms"].max()) // window_ms * window_ms
+    assert closes == datetime.fromtimestamp(last_start / 1000, UTC) + timedelta(hours=48, minutes=10)
+
+
+def _printed(notebook_path) -> str:
+    import nbformat
+
+    notebook = nbformat.read(notebook_path, as_version=4)
+    return "".join(output.get("text", "") for cell in notebook.cells if cell.cell_type == "code"
+                   for output in cell.get("outputs", []) if output.get("output_type") == "stream")
+
+
 def test_notebooks_are_committed_without_outputs():
     import nbformat
 
