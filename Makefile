@@ -28,7 +28,9 @@ status: install
 	$(BIN)/survey-kit status
 
 # JupyterLab refuses to run as root without --allow-root (containers and CI machines often are root).
+# The kernels run in notebooks/: they are told where ./survey-kit.yaml is (unless SURVEY_KIT_CONFIG says).
 lab: up
+	SURVEY_KIT_CONFIG="$${SURVEY_KIT_CONFIG:-$$([ -f survey-kit.yaml ] && echo "$(CURDIR)/survey-kit.yaml")}" \
 	$(BIN)/jupyter lab --notebook-dir=notebooks --ip=127.0.0.1 $$([ "$$(id -u)" = 0 ] && echo --allow-root)
 
 # The whole data path on the embedded stack: bot, 300 simulated respondents, ksql pipeline, comparison, report.

@@ -148,9 +148,13 @@ def _demo(args) -> int:
 def _report(args) -> int:
     from .reports import NotebookFailed, parse_parameters, run_notebook
 
+    from .config import settings_file
+
     parameters = parse_parameters(args.notebook, args.parameter)
+    load_settings(args.config)  # a bad settings file is refused here, not in the notebook's first cell
     try:
-        run_dir = run_notebook(args.notebook, parameters, args.output, progress=True)
+        # the kernel runs in notebooks/: it gets the settings file this command reads (--config or ./survey-kit.yaml)
+        run_dir = run_notebook(args.notebook, parameters, args.output, progress=True, config=settings_file(args.config))
     except NotebookFailed as exc:
         print(f"survey-kit: error: {exc.summary()}", file=sys.stderr)
         return 1

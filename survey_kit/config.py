@@ -176,6 +176,20 @@ class Settings(_Section):
         return "bootstrap.servers" not in self.kafka
 
 
+def settings_file(path: str | os.PathLike | None = None, env: Mapping[str, str] | None = None) -> Path | None:
+    """The settings file `load_settings` reads for these arguments, as an absolute path (None: no file).
+
+    For handing the same settings to another process that may run elsewhere (a notebook's kernel runs
+    in notebooks/, where ./survey-kit.yaml is not the user's).
+    """
+    env = os.environ if env is None else env
+    explicit = path if path is not None else env.get("SURVEY_KIT_CONFIG")
+    if explicit:
+        return Path(explicit).resolve()
+    default = Path(DEFAULT_CONFIG_FILE)
+    return default.resolve() if default.is_file() else None
+
+
 def load_settings(path: str | os.PathLike | None = None, env: Mapping[str, str] | None = None) -> Settings:
     """Load the settings: the YAML file (if any), then ``SURVEY_KIT_*`` environment overrides.
 
@@ -183,16 +197,13 @@ def load_settings(path: str | os.PathLike | None = None, env: Mapping[str, str] 
     asked for explicitly must exist. Raises :class:`ConfigError` naming the offending key.
     """
     env = os.environ if env is None else env
-    explicit = path if path is not None else env.get("SURVEY_KIT_CONFIG")
+    file = settings_file(path, env)
     data: dict[str, Any] = {}
     source = "defaults"
-    if explicit:
-        file = Path(explicit)
-        if not file.is_file():
+    if file is not None:
+        if not file.is_file():  # only a file asked for by name can be missing
             raise ConfigError(f"config file {file} does not exist: create it or drop --config/SURVEY_KIT_CONFIG")
         data, source = _read_yaml(file), str(file)
-    elif Path(DEFAULT_CONFIG_FILE).is_file():
-        data, source = _read_yaml(Path(DEFAULT_CONFIG_FILE)), DEFAULT_CONFIG_FILE
     _apply_env(data, env)
     try:
         settings = Settings.model_validate(data)

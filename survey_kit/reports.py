@@ -10,6 +10,7 @@ notebook wrote there: the directory is passed to the notebook as its ``output_di
 from __future__ import annotations
 
 import ast
+import os
 import time
 from collections.abc import Iterable, Mapping
 from pathlib import Path
@@ -31,6 +32,18 @@ class _LocalKernelManager(AsyncKernelManager):
     """
 
     transport = "ipc"
+    kernel_environment: dict[str, str] = {}  # set on a subclass per run (`_kernel_manager`)
+
+    async def start_kernel(self, **kw: Any) -> None:
+        kw["env"] = {**kw.get("env", os.environ), **self.kernel_environment}
+        await super().start_kernel(**kw)
+
+
+def _kernel_manager(config: Path | None) -> type[_LocalKernelManager]:
+    """The kernel manager for one run: its kernel reads the settings file `config` (None: as its environment says)."""
+    if config is None:
+        return _LocalKernelManager
+    return type("_ConfiguredKernelManager", (_LocalKernelManager,), {"kernel_environment": {"SURVEY_KIT_CONFIG": str(config)}})
 
 
 class NotebookNotFound(LookupError):
@@ -92,8 +105,13 @@ def run_notebook(
     parameters: Mapping[str, Any] | None = None,
     output_root: str | Path = "reports",
     progress: bool = False,
+    config: str | Path | None = None,
 ) -> Path:
     """Execute a notebook with papermill; returns the run's directory (executed notebook + artifacts).
+
+    `config`: the settings file the notebook uses (as `--config`); the kernel runs in notebooks/, so a
+    relative path or ./survey-kit.yaml must be resolved by the caller (`config.settings_file`). None:
+    the kernel finds its settings as its environment says (SURVEY_KIT_CONFIG, else the embedded stack).
 
     Raises NotebookFailed (a papermill PapermillExecutionError naming the failing cell) if the notebook
     fails; the partly executed notebook is still written for inspection.
@@ -113,7 +131,7 @@ def run_notebook(
             cwd=str(notebook.parent),
             progress_bar=progress,
             kernel_name="python3",
-            kernel_manager_class=_LocalKernelManager,
+            kernel_manager_class=_kernel_manager(Path(config).resolve() if config is not None else None),
         )
     except PapermillExecutionError as exc:
         raise NotebookFailed(exc, run_dir / notebook.name) from None

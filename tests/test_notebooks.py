@@ -10,6 +10,7 @@ import json
 import os
 import time
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 
 import pytest
 
@@ -152,6 +153,29 @@ def test_a_scheduled_report_from_the_command_line(workshop, reports, capsys):
 
     assert main(["report", "--notebook", "report", "-p", "surveyid", "1"]) == 1  # refused before it runs
     assert "04_report has no parameter 'surveyid'; its parameters are: survey_id, " in capsys.readouterr().err
+
+
+def test_a_scheduled_report_uses_the_settings_file_of_the_command(running_stack, workshop, reports, tmp_path, capsys, monkeypatch):
+    # the kernel runs in notebooks/: the report must still use ./survey-kit.yaml or --config of the command,
+    # or a report meant for Confluent Cloud silently reads the embedded stack (or nothing)
+    from survey_kit.cli import main
+
+    dead = free_port()
+    (tmp_path / "survey-kit.yaml").write_text(
+        f"kafka:\n  bootstrap.servers: 127.0.0.1:{dead}\nschema_registry:\n  url: {running_stack.schema_registry_url}\n")
+    monkeypatch.chdir(tmp_path)
+    assert main(["report", "--notebook", "report", "-p", "survey_id", "1", "--output", str(reports)]) == 1
+    assert f"cannot reach Kafka at 127.0.0.1:{dead}" in capsys.readouterr().err
+
+    real = tmp_path / "elsewhere.yaml"  # the stack's addresses, configured as real infrastructure is
+    real.write_text(f"kafka:\n  bootstrap.servers: {running_stack.bootstrap_servers}\n"
+                    f"schema_registry:\n  url: {running_stack.schema_registry_url}\n"
+                    f"ksqldb:\n  url: {running_stack.addresses['ksqldb_url']}\n")
+    code = main(["--config", "elsewhere.yaml", "report", "--notebook", "report", "-p", "survey_id", "1",
+                 "--output", str(reports)])
+    out, err = capsys.readouterr()
+    assert code == 0, err
+    assert "Which Thanksgiving Pie" in (Path(out.rsplit("executed notebook and its files: ", 1)[1].strip()) / "report.html").read_text()
 
 
 def test_a_failing_scheduled_report_says_which_cell_and_where_the_notebook_is(workshop, reports, capsys):
