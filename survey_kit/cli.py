@@ -21,6 +21,7 @@ import sys
 from collections.abc import Sequence
 
 from confluent_kafka import KafkaException
+from confluent_kafka.serialization import SerializationError
 
 from . import stack as embedded
 from .cluster import connect
@@ -44,11 +45,21 @@ def main(argv: Sequence[str] | None = None) -> int:
     except USER_ERRORS as exc:
         print(f"survey-kit: error: {exc}", file=sys.stderr)
         return 1
+    except SerializationError as exc:  # Avro through the Schema Registry: mostly a registry that does not answer
+        print(f"survey-kit: error: writing or reading Avro through the Schema Registry failed: {_kafka_text(exc)}. "
+              "Check that the Schema Registry answers: `survey-kit status` for the embedded one (`survey-kit up` "
+              "starts what stopped), schema_registry.url in survey-kit.yaml for another", file=sys.stderr)
+        return 1
     except KafkaException as exc:
-        print(f"survey-kit: Kafka error: {exc.args[0].str()}", file=sys.stderr)
+        print(f"survey-kit: Kafka error: {_kafka_text(exc)}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         return 130
+
+
+def _kafka_text(exc: KafkaException) -> str:
+    error = exc.args[0] if exc.args else exc
+    return error.str() if hasattr(error, "str") else str(error)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -166,6 +177,8 @@ def _up(args) -> int:
     ports = {name: getattr(args, f"{name}_port") for name in SERVICES}
     stack, started = embedded.up(ports)
     print("embedded stack started" if started else "embedded stack already running")
+    for name in stack.restarted:
+        print(f"  started again: the {SERVICES[name].title}, which had stopped (its log: {stack.records[name].log})")
     for key, address in stack.addresses.items():
         print(f"  {key:<22} {address}")
     print(f"  {'data_dir':<22} {stack.data_dir}")
@@ -193,6 +206,9 @@ def _status(args) -> int:
         for name, info in services.items():
             state = "answers" if info["answers"] else ("runs, not answering" if info["running"] else "stopped")
             print(f"{info['title']:<24} {info['address']:<26} pid {info['pid']}  {state}")
+        stopped = [info["title"] for info in services.values() if not info["running"]]
+        if stopped:
+            print(f"{', '.join(stopped)} stopped: `survey-kit up` starts {'it' if len(stopped) == 1 else 'them'} again")
     return 0 if all(info["answers"] for info in services.values()) else 1
 
 

@@ -57,6 +57,22 @@ def test_invalid_survey_is_refused_with_a_message(run, cluster):
     assert list_surveys(cluster) == []
 
 
+def test_schema_registry_that_is_down_is_named(cluster, tmp_path):
+    # the broker answers, the registry does not: the message must not blame Kafka, and must say what to check
+    config = tmp_path / "no-registry.yaml"
+    config.write_text(f"kafka:\n  bootstrap.servers: {cluster.bootstrap_servers}\nschema_registry:\n  url: http://127.0.0.1:1\n"
+                      "topics:\n" + "".join(f"  {field}: {name}\n" for field, name in cluster.topics.model_dump().items()))
+    env = {k: v for k, v in os.environ.items() if not k.startswith("SURVEY_KIT_")}
+    result = subprocess.run(CLI + ["--config", str(config), "survey", "create", "--id", "1", "--question", "Pie?",
+                                   "--summary", "Pie", "--option", "Apple", "--option", "Pecan"],
+                            env=env, capture_output=True, text=True, timeout=60)
+    assert result.returncode == 1
+    (line,) = result.stderr.splitlines()
+    assert "writing or reading Avro through the Schema Registry failed: " in line and "Connection refused" in line
+    assert "schema_registry.url" in line and "Kafka error" not in line
+    assert list_surveys(cluster) == []  # nothing half-published
+
+
 def test_broker_that_is_down_is_reported(tmp_path):
     config = tmp_path / "down.yaml"
     config.write_text("kafka:\n  bootstrap.servers: 127.0.0.1:1\nschema_registry:\n  url: http://127.0.0.1:1\n")

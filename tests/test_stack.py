@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import socket
 import subprocess
 import sys
+import time
 
 import httpx
 import pytest
@@ -117,6 +119,23 @@ def test_cli_up_twice_status_json_and_down(tmp_path):
         assert report["ksqldb_url"] == f"http://127.0.0.1:{ports[7]}"
         assert len(pids) == 4 and all(pid_alive(pid) for pid in pids)
         assert "answers" in run_cli("status", home=home).stdout
+
+        # a service that crashed: status says so and what to do; up starts it again and leaves the rest be
+        registry = report["services"]["registry"]["pid"]
+        os.kill(registry, signal.SIGKILL)
+        deadline = time.monotonic() + 10
+        while pid_alive(registry) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        crashed = run_cli("status", home=home)
+        assert crashed.returncode == 1
+        assert "Schema Registry stopped: `survey-kit up` starts it again" in crashed.stdout
+        again = run_cli("up", *ports, home=home)
+        assert again.returncode == 0, again.stderr
+        assert "started again: the Schema Registry, which had stopped" in again.stdout
+        report = json.loads(run_cli("status", "--json", home=home).stdout)
+        assert all(info["answers"] for info in report["services"].values())
+        assert report["services"]["broker"]["pid"] == pids[0]  # the others kept running
+        pids = [info["pid"] for info in report["services"].values()]
 
         # a mistyped pipeline directory is refused before anything changes (no schema registered for it)
         wrong = run_cli("ksql", "apply", str(tmp_path / "no-such-dir"), home=home)

@@ -45,6 +45,7 @@ class EmbeddedStack:
         self.ports = {s.name: ports.get(s.name) or processes.free_port() for s in self.services}
         self.records: dict[str, ProcessRecord] = {}
         self._children: dict[str, subprocess.Popen] = {}
+        self.restarted: list[str] = []  # the services `state.up` started again in this stack
 
     # -- addresses ---------------------------------------------------------------------------
     @property
@@ -109,6 +110,17 @@ class EmbeddedStack:
         processes.ensure_port_free(self.ports[name], service.title, service.port_option)
         self._spawn(service)
         self._wait(service, timeout)
+
+    def start_stopped(self, timeout: float = 20.0) -> list[str]:
+        """Start again, on their ports, the services whose process has gone (crashed, killed); returns their names.
+
+        The others keep running. A broker started again is empty (it keeps topics in memory).
+        """
+        stopped = [s.name for s in self.services if not (s.name in self.records and self.records[s.name].is_running())]
+        for name in stopped:
+            self.records.pop(name, None)
+            self.start_service(name, timeout)
+        return stopped
 
     def pause_service(self, name: str) -> None:
         """Freeze a service (SIGSTOP): it keeps its data but answers nothing, like a hung broker."""

@@ -41,20 +41,31 @@ def running_stack() -> EmbeddedStack | None:
 
 
 def up(ports: Mapping[str, int] | None = None, services=DEFAULT_SERVICES) -> tuple[EmbeddedStack, bool]:
-    """Start the stack unless one runs already; returns it and whether it was started now."""
+    """Start the stack unless one runs already; returns it and whether it was started now.
+
+    Of a stack that runs already, the services that have stopped are started again (their names in
+    the stack's `restarted`), so `survey-kit up` is also how a crashed service comes back.
+    """
     existing = running_stack()
     if existing is not None:
+        existing.restarted = existing.start_stopped()
+        if existing.restarted:
+            _write_state(existing)
         return existing, False
     chosen = {name: SERVICES[name].default_port for name in services}
     chosen.update({name: port for name, port in (ports or {}).items() if port})
     stack = EmbeddedStack(data_dir=home() / "stack", ports=chosen, services=services)
     stack.start()
+    _write_state(stack)
+    return stack, True
+
+
+def _write_state(stack: EmbeddedStack) -> None:
     path = state_file()
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(".tmp")
     tmp.write_text(json.dumps(stack.to_state(), indent=2))
     tmp.replace(path)
-    return stack, True
 
 
 def down() -> EmbeddedStack | None:
