@@ -132,6 +132,12 @@ def test_notebook_fails_early_with_a_clear_message(workshop, reports):
 
     with pytest.raises(papermill.PapermillExecutionError, match="survey '9' is not defined"):
         run_notebook("live_vs_windowed", {"survey_id": "9", **WINDOWS}, reports)
+    with pytest.raises(papermill.PapermillExecutionError, match="survey '9' is not defined on .*Create it"):
+        run_notebook("report", {"survey_id": "9", **WINDOWS}, reports)
+    # the analysts' notebook, given a survey without entries, says so instead of drawing empty charts
+    with pytest.raises(papermill.PapermillExecutionError, match=r"survey '9' has no entries on survey-entries; "
+                                                                r"the surveys with entries are \['1'"):
+        run_notebook("explore", {"survey_id": "9"}, reports)
 
 
 def test_a_scheduled_report_from_the_command_line(workshop, reports, capsys):
