@@ -264,10 +264,9 @@ def _ksql_apply(args) -> int:
         properties = _parse_defines(args.properties)
         read_pipeline(args.directory, overrides)  # a wrong directory or variable changes nothing on the server
         with ksql_client(cluster) as client:
-            if cluster.embedded and not cluster.settings.ksqldb.url:
-                # the embedded stack: register the schemas the streams infer their columns from
-                for subject in register_value_schemas(cluster):
-                    print(f"schema registered for {subject}")
+            # the streams infer their columns from the registry: a fresh cluster has no schemas yet
+            for subject in register_value_schemas(cluster):
+                print(f"schema registered for {subject}")
             for applied in apply_pipeline(client, args.directory, overrides, properties):
                 print(f"{applied.path.name}: {applied.message}")
     except (ApplyError, KsqlError) as exc:

@@ -14,7 +14,6 @@ from pathlib import Path
 import pytest
 
 from survey_kit.cluster import from_stack
-from survey_kit.ksql.apply import register_value_schemas
 from survey_kit.stack import EmbeddedStack
 from survey_kit.stack.processes import free_port
 from survey_kit.topics import create_topics
@@ -57,26 +56,23 @@ def run_cli(deployment, *args, ksqldb_url=None, cwd=None, stdin=None):
                           cwd=cwd or Path(KSQL_DIR).parent, input=stdin)
 
 
-def test_apply_before_the_schemas_exist_says_what_to_do(deployment):
-    result = run_cli(deployment, "ksql", "apply")
-    assert result.returncode == 1
-    assert "01_survey_entries.sql" in result.stderr
-    assert "Register the topic's value schema first" in result.stderr
-    assert "Traceback" not in result.stderr
-
-
-def test_apply_twice_is_harmless(deployment):
+def test_apply_on_a_fresh_cluster_then_again_is_harmless(deployment):
     stack, cluster, engine, data = deployment
-    register_value_schemas(cluster)
+    # nothing produced yet: apply registers the schemas the streams infer their columns from
+    assert not {"survey-entries-value", "survey-questions-value"} & set(cluster.registry().get_subjects())
     first = run_cli(deployment, "ksql", "apply", "--define", "results_window_size=5 MINUTES",
                     "--set", "survey_kit.emit.final.wall.clock=true")
     assert first.returncode == 0, first.stderr
+    assert "schema registered for survey-entries-value" in first.stdout
+    assert "schema registered for survey-questions-value" in first.stdout
     assert "03_survey_respondents.sql: Created query with ID CSAS_SURVEY_RESPONDENTS_0" in first.stdout
     assert "06_survey_results_final.sql: Created query with ID CTAS_SURVEY_RESULTS_FINAL_3" in first.stdout
 
     second = run_cli(deployment, "ksql", "apply", "--define", "results_window_size=5 MINUTES")
     assert second.returncode == 0, second.stderr
     assert second.stdout.count("already exists") == 6, second.stdout
+    assert "schema registered" not in second.stdout  # a subject that has a schema keeps it
+    assert cluster.registry().get_versions("survey-entries-value") == [1]
     with engine.client() as client:
         assert len(client.execute("SHOW QUERIES;")[0]["queries"]) == 4
         description = client.execute("DESCRIBE survey_results_final;")[0]["sourceDescription"]
@@ -85,6 +81,21 @@ def test_apply_twice_is_harmless(deployment):
     recorded = [c for c in engine_commands(engine) if "survey_results_final" in c["statement"]]
     # the request's properties, and the worker process the engine placed the query on
     assert recorded[0]["streamsProperties"] == {"survey_kit.emit.final.wall.clock": "true", "survey_kit.worker": "1"}
+
+
+def test_a_schema_missing_for_a_stream_says_what_to_do(deployment, tmp_path):
+    # a pipeline over a topic nobody registered a schema for (the survey topics' schemas apply registers)
+    stack, cluster, engine, data = deployment
+    from confluent_kafka.admin import AdminClient, NewTopic
+
+    admin = AdminClient({"bootstrap.servers": stack.bootstrap_servers})
+    admin.create_topics([NewTopic("other-entries", 1)])["other-entries"].result(15)
+    (tmp_path / "01_other.sql").write_text("CREATE STREAM IF NOT EXISTS other WITH (kafka_topic = 'other-entries', value_format = 'AVRO');\n")
+    result = run_cli(deployment, "ksql", "apply", str(tmp_path))
+    assert result.returncode == 1
+    assert "01_other.sql" in result.stderr
+    assert "Register the topic's value schema first" in result.stderr and "schema_registry.url" in result.stderr
+    assert "Traceback" not in result.stderr
 
 
 def test_apply_from_another_directory_applies_the_survey_pipeline(deployment):

@@ -10,10 +10,12 @@ then all created before any of them reads a record, so none misses records
 the others see. The files use IF NOT EXISTS, so applying twice is harmless.
 
 Schemas: `survey_entries` and `survey_questions` take their columns from the
-value schemas registered for their topics. On the embedded stack,
-`register_value_schemas` registers the project's schemas for them first (what
-the bot's producers would register anyway); on a configured ksqlDB the
-schemas must already be there, and a missing one is reported with what to do.
+value schemas registered for their topics. `register_value_schemas` registers
+the project's schemas for the topics that have none yet (what the bot's
+producers would register with their first record), on the embedded stack's
+registry or the configured one, so the pipeline can be applied to a fresh
+cluster; a subject that exists is left as it is. A schema still missing is
+reported with what to do.
 """
 
 from __future__ import annotations
@@ -63,16 +65,21 @@ def ksql_client(cluster: Cluster) -> KsqlRestClient:
 
 
 def register_value_schemas(cluster: Cluster) -> list[str]:
-    """Register the project's value schemas for the entries and questions topics (idempotent); returns the subjects."""
+    """Register the project's value schemas for the entries and questions topics where none is; returns the subjects registered.
+
+    A subject that has a schema already keeps it (a newer version of a user's own is not replaced).
+    """
     from confluent_kafka.schema_registry import Schema
 
     registry = cluster.registry()
-    subjects = []
+    existing = set(registry.get_subjects())
+    registered = []
     for topic, schema_name in ((cluster.topics.entries, "survey-entries"), (cluster.topics.questions, "survey-questions")):
         subject = f"{topic}-value"
-        registry.register_schema(subject, Schema(load_schema(schema_name), "AVRO"))
-        subjects.append(subject)
-    return subjects
+        if subject not in existing:
+            registry.register_schema(subject, Schema(load_schema(schema_name), "AVRO"))
+            registered.append(subject)
+    return registered
 
 
 def apply_pipeline(client: KsqlRestClient, directory: str | Path = PIPELINE_DIR, overrides: dict[str, str] | None = None,
@@ -99,7 +106,8 @@ def apply_pipeline(client: KsqlRestClient, directory: str | Path = PIPELINE_DIR,
         where = f"{path.name}: " if path else ""
         hint = ""
         if "does not exist in the Schema Registry" in exc.message:
-            hint = "\nRegister the topic's value schema first: produce one record with the survey bot or `survey-kit survey create`."
+            hint = ("\nRegister the topic's value schema first. `survey-kit ksql apply` registers the survey topics' "
+                    "schemas in the Schema Registry of schema_registry.url: is ksqlDB configured with that registry?")
         raise ApplyError(f"{where}{exc.message}{hint}\nStatement: {exc.statement.strip()}") from None
     applied = []
     for (path, text), found in zip(expected, entities):
