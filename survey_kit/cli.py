@@ -17,6 +17,8 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
+import select
 import sys
 from collections.abc import Sequence
 
@@ -41,7 +43,16 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.print_help()
         return 2
     try:
-        return args.run(args) or 0
+        code = args.run(args) or 0
+        sys.stdout.flush()  # a reader gone before the last of the output: noticed here, not at exit
+        return code
+    except BrokenPipeError as exc:
+        if not _stdout_closed():
+            print(f"survey-kit: error: {exc}", file=sys.stderr)
+            return 1
+        # whoever read the output has gone (`survey-kit status | head -1`): stop quietly, as Unix tools do
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # so the exit's flush does not fail again
+        return 141
     except USER_ERRORS as exc:
         print(f"survey-kit: error: {exc}", file=sys.stderr)
         return 1
@@ -55,6 +66,16 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 1
     except KeyboardInterrupt:
         return 130
+
+
+def _stdout_closed() -> bool:
+    """Whether stdout is a pipe nobody reads any more (its write end polls as an error)."""
+    try:
+        poller = select.poll()
+        poller.register(sys.stdout.fileno(), select.POLLOUT)
+        return any(events & select.POLLERR for _, events in poller.poll(0))
+    except (OSError, ValueError):  # no file descriptor (captured output): not a pipe of ours
+        return False
 
 
 def _kafka_text(exc: KafkaException) -> str:

@@ -55,3 +55,26 @@ def test_check_plans_the_pipeline_files(capsys):
     assert main(["check", str(ROOT / "ksql"), "--define", "results_window_size=5 MINUTES"]) == 0
     out = capsys.readouterr().out
     assert "CTAS_SURVEY_RESULTS_FINAL" in out and "TUMBLING window 300000 ms" in out
+
+
+def test_output_cut_short_by_its_reader_ends_quietly(tmp_path):
+    # `survey-kit ksql test FILE | head -1`: the reader goes away while the output is written
+    import os
+    import subprocess
+    import sys
+
+    cases = json.loads(write_qtt(tmp_path, 1).read_text())["tests"]
+    many = tmp_path / "many.json"
+    many.write_text(json.dumps({"tests": [{**cases[0], "name": f"count per key {i}"} for i in range(400)]}))
+    env = {**os.environ, "SURVEY_KIT_HOME": str(tmp_path)}
+    # output long enough to be written while the command runs, and a line written only at its end
+    for command in (["ksql", "test", str(many)], ["status"]):
+        read_end, write_end = os.pipe()
+        os.close(read_end)  # every write to the command's stdout now fails with EPIPE
+        try:
+            result = subprocess.run([sys.executable, "-m", "survey_kit.cli", *command], env=env,
+                                    stdout=write_end, stderr=subprocess.PIPE, text=True, timeout=120)
+        finally:
+            os.close(write_end)
+        assert result.returncode == 141, command  # 128 + SIGPIPE, as a Unix tool whose reader has gone
+        assert result.stderr == "", command  # no "error: [Errno 32] Broken pipe", no traceback
