@@ -317,6 +317,10 @@ def _ksql_run(args) -> int:
         return 1
     if args.json:
         print(json.dumps(entities, indent=2))
+    elif not entities:
+        # SET / DEFINE answer nothing: over the REST API they hold for the request they are sent with only
+        print("done; the server answered nothing to show (SET and DEFINE hold only for the statements sent with "
+              "them: give those in the same call, or use --set / --define)")
     else:
         for line in entity_lines(entities):
             print(line)

@@ -124,6 +124,9 @@ def test_ksql_run_shows_what_the_server_answers(deployment):
     assert "Queries that write to it: CTAS_SURVEY_RESULTS_LIVE_2 (RUNNING)" in lines
     assert "SURVEY_RESPONSES | survey-responses | KAFKA | AVRO | false" in lines
 
+    alone = run_cli(deployment, "ksql", "run", "SET 'auto.offset.reset' = 'earliest';")
+    assert alone.returncode == 0 and "SET and DEFINE hold only for the statements sent with them" in alone.stdout
+
     from_stdin = run_cli(deployment, "ksql", "run", "-", "--json", stdin="LIST TOPICS;\n")
     assert from_stdin.returncode == 0, from_stdin.stderr
     topics = json.loads(from_stdin.stdout)[0]
