@@ -28,12 +28,13 @@ from confluent_kafka.serialization import SerializationError
 from . import stack as embedded
 from .cluster import connect
 from .config import ConfigError, load_settings
+from .consume import MalformedRecord
 from .stack.services import SERVICES
 from .surveys import Survey, SurveyError, create_survey, disable_survey, list_surveys
 from .topics import create_topics
 
 # Errors whose message is the whole story for a user: printed without a traceback.
-USER_ERRORS = (ConfigError, embedded.StackError, SurveyError, ConnectionError, TimeoutError, LookupError)
+USER_ERRORS = (ConfigError, embedded.StackError, SurveyError, ConnectionError, TimeoutError, LookupError, MalformedRecord)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

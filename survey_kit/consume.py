@@ -14,11 +14,15 @@ from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, KafkaExcepti
 from confluent_kafka.serialization import MessageField, SerializationContext
 
 from .cluster import Cluster
-from .serde import value_deserializer
+from .serde import RegistryUnavailable, value_deserializer
 
 
 class TopicMissing(LookupError):
     """The topic does not exist; the message says how to create it."""
+
+
+class MalformedRecord(ValueError):
+    """A record could not be decoded; the message names its topic, partition and offset."""
 
 
 def partitions_of(cluster: Cluster, topic: str, timeout: float = 10.0) -> list[int]:
@@ -72,15 +76,18 @@ def read_messages(cluster: Cluster, topic: str, timeout: float = 30.0, **config:
 def read_values(cluster: Cluster, topic: str, timeout: float = 30.0) -> Iterator[tuple[Message, Any]]:
     """Like :func:`read_messages`, with each value decoded from Avro through the registry.
 
-    A record that does not decode raises ValueError naming its topic, partition and offset.
+    A record that does not decode raises MalformedRecord naming its topic, partition and offset; a Schema
+    Registry that cannot be asked raises RegistryUnavailable (a ConnectionError), as the records may be fine.
     """
-    deserializer = value_deserializer(cluster.registry())
+    deserializer = value_deserializer(cluster)
     for message in read_messages(cluster, topic, timeout):
         context = SerializationContext(topic, MessageField.VALUE, message.headers())
         try:
             value = deserializer(message.value(), context)
+        except RegistryUnavailable:
+            raise
         except Exception as exc:  # the deserializer raises several unrelated types
-            raise ValueError(
+            raise MalformedRecord(
                 f"record {topic}[{message.partition()}]@{message.offset()} is not a valid Avro record "
                 f"of the registry: {exc}"
             ) from None

@@ -20,7 +20,9 @@ A frame has one row per record and these columns:
 Rows are ordered by partition, then offset. Records that cannot be decoded (not the registry's wire
 format, unknown schema id, corrupt Avro, a windowed key too short) are not dropped silently: they are
 listed in ``frame.attrs["errors"]`` (see :func:`errors_frame`), counted in ``frame.attrs["error_count"]``,
-and a warning says how many there were; ``on_error="raise"`` stops at the first one instead.
+and a warning says how many there were; ``on_error="raise"`` stops at the first one instead. A Schema
+Registry that cannot be asked is not the records' fault: a read stops with RegistryUnavailable (a
+ConnectionError saying what to check), a tail waits for the registry and decodes the same records then.
 
 Values are decoded with fastavro's schemaless reader straight from the bytes after the 5-byte header,
 with the writer's schema fetched once per schema id from the registry: several times faster than
@@ -46,7 +48,8 @@ from confluent_kafka import OFFSET_BEGINNING, OFFSET_END, Consumer, KafkaError, 
 from tqdm.auto import tqdm
 
 from .cluster import Cluster
-from .consume import partitions_of, read_messages
+from .consume import MalformedRecord, partitions_of, read_messages
+from .serde import RegistryUnavailable, fetch_schema
 
 __all__ = ["read_topic", "errors_frame", "tail", "TopicTail", "MalformedRecord", "ENTRY_ID_HEADER", "duration_ms"]
 
@@ -57,10 +60,6 @@ ERROR_COLUMNS = ["topic", "partition", "offset", "timestamp_ms", "key", "error"]
 
 TimeLike = datetime | pd.Timestamp | str | int
 DurationLike = timedelta | pd.Timedelta | str | int
-
-
-class MalformedRecord(ValueError):
-    """A record could not be decoded; the message names its topic, partition and offset."""
 
 
 def read_topic(
@@ -95,10 +94,13 @@ def read_topic(
     # The end of the topic is decided by consume.read_messages (end-of-partition events, never the listed
     # high watermark). Measured here, its poll() per record is as fast as consume() in batches.
     records = read_messages(cluster, topic, timeout=timeout)
-    with tqdm(desc=topic, unit=" records", disable=not progress, delay=1.0, leave=False) as bar:
-        while chunk := list(itertools.islice(records, batch_size)):
-            builder.add(chunk, start_ms, end_ms)
-            bar.update(len(chunk))
+    try:
+        with tqdm(desc=topic, unit=" records", disable=not progress, delay=1.0, leave=False) as bar:
+            while chunk := list(itertools.islice(records, batch_size)):
+                builder.add(chunk, start_ms, end_ms)
+                bar.update(len(chunk))
+    finally:
+        records.close()  # its consumer, also when decoding stopped the read
     return builder.frame(warn=True)
 
 
@@ -128,7 +130,9 @@ class TopicTail:
     ``from_beginning=True``. Nothing blocks longer than ``poll_timeout`` seconds, so ``stop()`` takes
     effect quickly and :meth:`poll` can be called from a loop that also does other work. Records that do
     not decode are kept in ``errors`` (a list of dicts, as in :func:`errors_frame`); transient Kafka errors
-    do not end a tail (the latest is in ``last_error``), fatal ones raise.
+    do not end a tail (the latest is in ``last_error``), fatal ones raise. While the Schema Registry cannot
+    be asked, the tail holds the records it could not decode yet, reads nothing new and tries them again at
+    each poll (``last_error`` says why); they come out in order once it answers.
     """
 
     def __init__(
@@ -148,11 +152,12 @@ class TopicTail:
         self.idle_timeout = idle_timeout
         self.batch_size = batch_size
         self.errors: list[dict[str, Any]] = []
-        self.last_error: KafkaError | None = None  # the latest transient Kafka error, if any
+        self.last_error: KafkaError | RegistryUnavailable | None = None  # the latest transient error, if any
         self._cluster = cluster
         self._windowed = windowed
         self._window_size = window_size
         self._schemas: dict = {}  # writer schemas by id, fetched once for the whole tail
+        self._undecoded: list[Message] = []  # records waiting for the Schema Registry to answer
         self._stopped = threading.Event()
         self._thread: threading.Thread | None = None
         self._lock = threading.Lock()
@@ -171,9 +176,12 @@ class TopicTail:
         with self._lock:
             if self._consumer is None:
                 raise RuntimeError(f"the tail of {self.topic!r} is stopped")
-            messages = self._consumer.consume(self.batch_size, self.poll_timeout if timeout is None else timeout)
-            builder = _RowBuilder(self._cluster, self.topic, windowed=self._windowed, window_size=self._window_size,
-                                  schemas=self._schemas, describe_empty=False)
+            timeout = self.poll_timeout if timeout is None else timeout
+            if self._undecoded:
+                # nothing new until these are decoded: the rows stay in order and memory stays bounded
+                self._stopped.wait(timeout)
+                return self._decode(self._undecoded)
+            messages = self._consumer.consume(self.batch_size, timeout)
             records = []
             for message in messages:
                 error = message.error()
@@ -189,10 +197,23 @@ class TopicTail:
                     continue
                 if self._from_beginning or message.partition() not in self._before_end:
                     records.append(message)
+            return self._decode(records)
+
+    def _decode(self, records: list[Message]) -> pd.DataFrame:
+        builder = self._builder()
+        try:
             builder.add(records)
-            batch = builder.frame(warn=False)
-            self.errors.extend(batch.attrs["errors"])
-            return batch
+        except RegistryUnavailable as exc:
+            self._undecoded, self.last_error = records, exc
+            return self._builder().frame(warn=False)  # no rows: the whole batch is decoded again next time
+        self._undecoded = []
+        batch = builder.frame(warn=False)
+        self.errors.extend(batch.attrs["errors"])
+        return batch
+
+    def _builder(self) -> _RowBuilder:
+        return _RowBuilder(self._cluster, self.topic, windowed=self._windowed, window_size=self._window_size,
+                           schemas=self._schemas, describe_empty=False)
 
     def __iter__(self) -> Iterator[pd.DataFrame]:
         """Non-empty batches until :meth:`stop` is called or ``idle_timeout`` passes without records."""
@@ -276,6 +297,7 @@ class _RowBuilder:
                  schemas: dict | None = None, describe_empty: bool = True):
         self.topic = topic
         self.registry = cluster.registry()
+        self.registry_url = cluster.schema_registry_url
         self.windowed = windowed
         self.window_ms = duration_ms(window_size, "window_size") if window_size is not None else None
         if self.window_ms is not None and not windowed:
@@ -322,6 +344,8 @@ class _RowBuilder:
                     buffer.seek(5)
                     decoded = reader(buffer, parsed, None)
                     row = tuple(decoded.values()) if is_record else (decoded,)
+            except RegistryUnavailable:
+                raise  # no record's fault: the caller waits for the registry or stops
             except Exception as exc:  # UnicodeDecodeError, Avro errors of several types, ValueError above
                 self._failed(message, exc)
                 continue
@@ -337,8 +361,10 @@ class _RowBuilder:
 
     def _fetch_schema(self, schema_id: int) -> tuple[Any, tuple[str, ...], bool] | str:
         try:
-            entry: Any = _parsed(self.registry.get_schema(schema_id).schema_str)
-        except Exception as exc:
+            entry: Any = _parsed(fetch_schema(self.registry, schema_id, self.registry_url).schema_str)
+        except RegistryUnavailable:
+            raise  # not cached: the next try may find the registry answering
+        except Exception as exc:  # no such id (UnknownSchemaId), or a schema fastavro cannot read
             entry = f"schema id {schema_id} is not usable from the registry: {exc}"
         self._schemas[schema_id] = entry
         return entry

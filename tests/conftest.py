@@ -6,6 +6,7 @@ see each other's records, and two test runs never share a stack at all.
 
 from __future__ import annotations
 
+import dataclasses
 import uuid
 from pathlib import Path
 
@@ -38,6 +39,21 @@ def unique_settings(**overrides) -> Settings:
 def cluster(stack):
     """A Cluster on the session's stack with this test's own topics, already created."""
     connected = from_stack(stack, unique_settings())
+    create_topics(connected)
+    return connected
+
+
+@pytest.fixture
+def own_registry(tmp_path):
+    """A Schema Registry of the test's own, on a free port: the test may stop it and start it again."""
+    with EmbeddedStack(data_dir=tmp_path / "own-registry", services=("registry",)) as running:
+        yield running
+
+
+@pytest.fixture
+def registry_cluster(stack, own_registry):
+    """Like `cluster`, but through the test's own Schema Registry (`own_registry`)."""
+    connected = dataclasses.replace(from_stack(stack, unique_settings()), schema_registry_url=own_registry.schema_registry_url)
     create_topics(connected)
     return connected
 

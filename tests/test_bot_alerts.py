@@ -115,3 +115,39 @@ def test_a_window_recorded_as_posted_is_not_posted_again_even_without_a_commit(c
         assert tg.wait_for_reply(SUBSCRIBER).text == final_text(DAY3, 1, 3)
     finally:
         runner.stop()
+
+
+def test_a_final_result_read_while_the_registry_is_down_is_posted_once_it_answers(registry_cluster, own_registry, fake, tg, tmp_path):
+    # The result is fine, only the Schema Registry is gone when the alerter reads it: skipping it (and
+    # committing past it) would lose that window's message for good
+    import io
+    import json
+
+    import fastavro
+    from confluent_kafka.schema_registry import Schema
+
+    cluster = registry_cluster
+    create_survey(cluster, PIE)
+    settings = cluster.settings.model_copy(update={"telegram": cluster.settings.telegram.model_copy(
+        update={"admin_chat_ids": [ADMIN]})})
+    runner = BotRunner(cluster=replace(cluster, settings=settings), data_dir=tmp_path / "bot", api_url=fake.api_url).start()
+    try:
+        assert runner.wait_until_ready(30)
+        wait_for(lambda: runner.catalog.get("1") is not None)  # the message names the survey by its summary
+        assert tg.ask(ADMIN, "hello").text == texts.UNKNOWN_TEXT
+        topic = cluster.topics.results_final
+        schema_id = cluster.registry().register_schema(f"{topic}-value", Schema(FINAL_SCHEMA, "AVRO"))
+        payload = io.BytesIO()
+        fastavro.schemaless_writer(payload, fastavro.parse_schema(json.loads(FINAL_SCHEMA)),
+                                   {"QUESTION": PIE.question, "RESULTS": {"Apple Pie": 1, "Pecan Pie": 2}})
+        own_registry.stop_service("registry")
+        producer = Producer(cluster.producer_config())  # what a producer that knows the schema id writes
+        producer.produce(topic, key=b"1" + struct.pack(">q", int(DAY1.timestamp() * 1000)),
+                         value=b"\x00" + schema_id.to_bytes(4, "big") + payload.getvalue())
+        assert producer.flush(10) == 0
+        alerter = runner.alerter
+        wait_for(lambda: alerter.error and "Schema Registry" in alerter.error)
+        own_registry.start_service("registry")
+        assert tg.wait_for_reply(ADMIN).text == final_text(DAY1, 1, 2)
+    finally:
+        runner.stop()

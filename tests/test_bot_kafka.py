@@ -112,6 +112,25 @@ def test_surveys_follow_the_questions_topic(cluster, start_bot, tg):
     assert tg.wait_for_reply(5).text == texts.NO_SURVEY
 
 
+def test_a_survey_read_while_the_registry_is_down_is_not_skipped(registry_cluster, own_registry):
+    # The record is fine, only the Schema Registry is gone: the bot's table must wait for it, not skip the
+    # survey (it would offer no survey until restarted)
+    from survey_kit.bot.catalog import SurveyCatalog
+
+    create_survey(registry_cluster, PIE)
+    own_registry.stop_service("registry")
+    catalog = SurveyCatalog()
+    follower = catalog.follow(replace(registry_cluster))  # a new registry client: no schema cached yet
+    try:
+        wait_for(lambda: follower.error and "Schema Registry" in follower.error, what="the follower to name the registry")
+        assert catalog.get("1") is None and not follower.caught_up.is_set()
+        own_registry.start_service("registry")
+        assert follower.caught_up.wait(30)
+        assert catalog.get("1") == PIE and follower.error is None
+    finally:
+        follower.stop()
+
+
 def test_admin_creates_and_closes_surveys_on_the_topic(cluster, start_bot, tg):
     start_bot()
     for text in ("/newsurvey", "tea", "How do you take your tea?", "Tea", "Plain\nWith milk", "/y"):

@@ -8,7 +8,8 @@ import sys
 
 import pytest
 
-from survey_kit.surveys import list_surveys
+from survey_kit.faketelegram import FakeTelegramServer
+from survey_kit.surveys import Survey, create_survey, list_surveys
 
 CLI = [sys.executable, "-m", "survey_kit.cli"]
 
@@ -71,6 +72,23 @@ def test_schema_registry_that_is_down_is_named(cluster, tmp_path):
     assert "writing or reading Avro through the Schema Registry failed: " in line and "Connection refused" in line
     assert "schema_registry.url" in line and "Kafka error" not in line
     assert list_surveys(cluster) == []  # nothing half-published
+
+
+def test_survey_list_through_a_registry_that_does_not_answer_blames_the_registry_not_the_records(cluster, tmp_path):
+    # a port where nothing listens, and an HTTP server that is no Schema Registry: both were a traceback
+    # saying the record "is not a valid Avro record"
+    create_survey(cluster, Survey("1", "Pie?", "Pie", ["Apple", "Pecan"]))
+    env = {k: v for k, v in os.environ.items() if not k.startswith("SURVEY_KIT_")}
+    with FakeTelegramServer() as not_a_registry:
+        for url in ("http://127.0.0.1:1", not_a_registry.api_url):
+            config = tmp_path / "wrong-registry.yaml"
+            config.write_text(f"kafka:\n  bootstrap.servers: {cluster.bootstrap_servers}\nschema_registry:\n  url: {url}\n"
+                              "topics:\n" + "".join(f"  {field}: {name}\n" for field, name in cluster.topics.model_dump().items()))
+            result = subprocess.run(CLI + ["--config", str(config), "survey", "list"], env=env, capture_output=True, text=True, timeout=60)
+            assert result.returncode == 1
+            (line,) = result.stderr.splitlines()
+            assert line.startswith(f"survey-kit: error: the Schema Registry at {url} did not answer for schema id ")
+            assert "schema_registry.url" in line and "not a valid Avro record" not in line
 
 
 def test_broker_that_is_down_is_reported(tmp_path):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import struct
 import threading
 import time
@@ -16,7 +17,7 @@ from confluent_kafka.serialization import MessageField, SerializationContext
 from survey_kit.consume import TopicMissing
 from survey_kit.frames import MalformedRecord, errors_frame, read_topic, tail
 from survey_kit.schemas import load_schema
-from survey_kit.serde import avro_producer
+from survey_kit.serde import RegistryUnavailable, avro_producer
 
 T0 = 1_764_000_000_000  # 2025-11-24T16:00:00Z in epoch ms
 
@@ -253,3 +254,33 @@ def test_tail_in_a_background_thread_delivers_rows_and_stops_cleanly(cluster):
     assert not live.running and live.failure is None
     with pytest.raises(RuntimeError, match="stopped"):
         live.poll()
+
+
+def test_a_registry_that_does_not_answer_is_not_taken_for_malformed_records(registry_cluster, own_registry):
+    # The records are fine; only the Schema Registry is gone. A read must say so (not list every record as
+    # undecodable), and a live tail must wait for the registry and then give those very records, in order.
+    topic = registry_cluster.topics.entries
+    produce_entries(registry_cluster, topic, [(entry(user, "Apple Pie"), 1_000 + user, None, None) for user in range(3)])
+    own_registry.stop_service("registry")
+    reader = dataclasses.replace(registry_cluster)  # a new registry client: no schema cached yet
+    with pytest.raises(RegistryUnavailable, match=rf"Schema Registry at {own_registry.schema_registry_url} .*schema_registry.url"):
+        read_topic(reader, topic, progress=False)
+
+    live = tail(reader, topic, from_beginning=True, poll_timeout=0.2)
+    try:
+        deadline = time.monotonic() + 20
+        while live.last_error is None and time.monotonic() < deadline:
+            assert len(live.poll()) == 0
+        assert isinstance(live.last_error, RegistryUnavailable)
+        assert all(len(live.poll()) == 0 for _ in range(3)) and live.errors == []  # held, not dropped
+        own_registry.start_service("registry")
+        batches = []
+        deadline = time.monotonic() + 20
+        while sum(map(len, batches)) < 3 and time.monotonic() < deadline:
+            batches.append(live.poll())
+        rows = pd.concat(batches)
+        assert list(rows["user_id"]) == ["0", "1", "2"] and live.errors == []
+    finally:
+        live.stop()
+    frame = read_topic(dataclasses.replace(registry_cluster), topic, progress=False)
+    assert len(frame) == 3 and frame.attrs["error_count"] == 0

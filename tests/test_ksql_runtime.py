@@ -7,6 +7,7 @@ survey_kit.ksql.server`), as `survey-kit up` starts it, so a test can SIGKILL it
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import random
@@ -236,6 +237,40 @@ def test_a_malformed_entry_becomes_a_dead_letter_and_the_query_goes_on(running):
     assert engine.info()["dead_letters"] >= 2
 
 
+def test_an_entry_read_while_the_registry_is_down_is_processed_once_it_answers_not_dead_lettered(running):
+    # The entry's writer schema is new to the engine and the registry is down when the engine reads it: the
+    # record is fine, so it must wait for the registry (from the last commit), not become a dead letter.
+    import fastavro
+    from confluent_kafka import Producer
+    from confluent_kafka.schema_registry import Schema
+
+    from survey_kit.schemas import load_schema
+
+    stack, cluster, engine = running
+    evolved = json.loads(load_schema("survey-entries"))
+    evolved["fields"].append({"name": "channel", "type": ["null", "string"], "default": None})
+    schema_id = SchemaRegistryClient(cluster.registry_config()).register_schema("survey-entries-value", Schema(json.dumps(evolved), "AVRO"))
+    entry = {"survey_id": "2", "user_id": "user-300", "name": "Name 300", "company": None, "location": None,
+             "response": "Tea", "channel": "web"}
+    payload = io.BytesIO()
+    fastavro.schemaless_writer(payload, fastavro.parse_schema(evolved), entry)
+    letters_before = len(committed(cluster, "ksql-dead-letters"))
+    stack.stop_service("registry")
+    try:
+        producer = Producer(cluster.producer_config())  # the bytes a producer that knows the schema id writes
+        producer.produce("survey-entries", key=b"2", value=b"\x00" + schema_id.to_bytes(4, "big") + payload.getvalue(), timestamp=8_000)
+        producer.flush()
+        outage = wait_for(lambda: engine.info().get("outage"), 30, "the engine to notice the registry's outage")
+        assert "Schema Registry" in outage and stack.schema_registry_url in outage
+    finally:
+        stack.start_service("registry")
+    respondents = wait_for(lambda: [v for _, v in decoded(cluster, "survey-respondents") if v["user_id"] == "user-300"], 90, "the entry after the outage")
+    assert len(respondents) == 1  # once, though the engine went back to its last commit
+    assert len(committed(cluster, "ksql-dead-letters")) == letters_before
+    wait_for(lambda: engine.info().get("outage") is None, 30, "the engine to say the outage is over")
+    assert "the Schema Registry at" in engine.log.read_text() and "answers again" in engine.log.read_text()
+
+
 def test_applying_twice_is_harmless(running):
     stack, cluster, engine = running
     with engine.client() as client:
@@ -358,7 +393,7 @@ def test_the_engine_survives_a_hung_broker(running):
 
 def reference_outputs(cluster, entries, questions):
     """What an uninterrupted run writes: the same statements and records through the engine core."""
-    engine = Engine(schemas=RegistrySchemaStore(SchemaRegistryClient(cluster.registry_config())))
+    engine = Engine(schemas=RegistrySchemaStore(SchemaRegistryClient(cluster.registry_config()), cluster.schema_registry_url))
     for script in read_pipeline(KSQL_DIR, SHORT_WINDOW):
         engine.execute(script.text)
     driver = Driver(engine)

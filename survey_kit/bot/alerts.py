@@ -23,7 +23,7 @@ from telegram.error import BadRequest, Forbidden, NetworkError, RetryAfter
 
 from ..cluster import Cluster
 from ..consume import TopicMissing, partitions_of
-from ..serde import value_deserializer
+from ..serde import RegistryUnavailable, value_deserializer
 from ..surveys import Survey
 from .catalog import SurveyCatalog
 from .ratelimit import retry_after_seconds
@@ -112,6 +112,13 @@ class FinalResultsAlerter:
                 try:
                     message = await loop.run_in_executor(self._kafka, consumer.poll, 0.5)
                 except ValueDeserializationError as exc:
+                    if isinstance(exc.exception, RegistryUnavailable):  # the result may be fine: read it again
+                        await loop.run_in_executor(self._kafka, self._read_again, consumer, exc.kafka_message, exc.exception)
+                        try:
+                            await asyncio.wait_for(stopping.wait(), self.network_retry)
+                        except TimeoutError:
+                            pass
+                        continue
                     log.error("skipping an undecodable final result: %s", exc)
                     message, result = exc.kafka_message, None
                 except ConsumeError as exc:  # librdkafka recovers from these by itself
@@ -143,10 +150,18 @@ class FinalResultsAlerter:
             return None
         consumer = DeserializingConsumer({
             **self.cluster.consumer_config(self.group_id),
-            "value.deserializer": value_deserializer(self.cluster.registry()),
+            "value.deserializer": value_deserializer(self.cluster),
         })
         consumer.assign([TopicPartition(topic, p, OFFSET_STORED) for p in partitions])
         return consumer
+
+    def _read_again(self, consumer: DeserializingConsumer, message, exc: RegistryUnavailable) -> None:
+        """Make the consumer return `message` again (on the consumer's thread)."""
+        if self.error != str(exc):
+            log.warning("cannot read the final result at %s[%d]@%d yet: %s; trying again every %.0f s", message.topic(),
+                        message.partition(), message.offset(), exc, self.network_retry)
+        self.error = str(exc)
+        consumer.seek(TopicPartition(message.topic(), message.partition(), message.offset()))
 
     async def _post(self, bot: Bot, result: SurveyResult, stopping: asyncio.Event) -> bool:
         """Send one window to every recipient not yet sent it; False if stopped before finishing."""

@@ -4,7 +4,9 @@ The bot keeps three such tables: the surveys (survey-questions), who answered wh
 live results (survey-results-live). Each `TopicFollower` reads every partition from the beginning with
 assign() (no consumer group: every bot instance needs the whole topic), hands each decoded record to a
 callback, and sets `caught_up` once it has reached the end of every partition, so the bot can wait for its
-tables to be complete before answering from them.
+tables to be complete before answering from them. A record that does not decode is logged and skipped; one
+it cannot decode because the Schema Registry does not answer is read again once it does, so no survey and
+no earlier answer goes missing from the tables.
 """
 
 from __future__ import annotations
@@ -19,7 +21,7 @@ from confluent_kafka.error import ConsumeError, KeyDeserializationError, ValueDe
 
 from ..cluster import Cluster
 from ..consume import TopicMissing, partitions_of
-from ..serde import avro_consumer
+from ..serde import RegistryUnavailable, avro_consumer
 
 log = logging.getLogger(__name__)
 
@@ -82,6 +84,8 @@ class TopicFollower:
                         at_end.add(exc.kafka_message.partition())
                         if at_end >= set(partitions):
                             self.caught_up.set()
+                    elif isinstance(exc.exception, RegistryUnavailable):
+                        self._wait_for_registry(consumer, exc.kafka_message, exc.exception)
                     elif isinstance(exc, (KeyDeserializationError, ValueDeserializationError)):
                         log.error("skipping an undecodable record on %s: %s", self.topic, exc)
                     else:  # librdkafka recovers from these by itself (broker down, ...)
@@ -89,8 +93,19 @@ class TopicFollower:
                     continue
                 if message is None:
                     continue
+                if self.error is not None:
+                    log.info("following %s again", self.topic)
                 self.error = None
                 self.records += 1
                 self.on_record(message, message.value())
         finally:
             consumer.close()
+
+    def _wait_for_registry(self, consumer, message: Message, exc: RegistryUnavailable) -> None:
+        """Read `message` again in a while: its value may well be fine."""
+        if self.error != str(exc):
+            log.warning("cannot decode %s[%d]@%d yet: %s; trying again every 2 s", self.topic, message.partition(),
+                        message.offset(), exc)
+        self.error = str(exc)
+        consumer.seek(TopicPartition(self.topic, message.partition(), message.offset()))
+        self._stop.wait(2.0)

@@ -85,29 +85,47 @@ class InMemorySchemaStore:
 
 
 class RegistrySchemaStore:
-    """Adapts a confluent-kafka SchemaRegistryClient to the engine's schema store."""
+    """Adapts a confluent-kafka SchemaRegistryClient (of the registry at `url`) to the engine's schema store.
 
-    def __init__(self, client):
+    An id the registry does not have is a LookupError (the record's fault: a dead letter); a registry
+    that cannot be asked is `serde.RegistryUnavailable`, which the runtime waits out from its last commit.
+    """
+
+    def __init__(self, client, url: str):
         self.client = client
+        self.url = url
 
     def register(self, subject: str, schema: str) -> int:
         from confluent_kafka.schema_registry import Schema
 
-        return self.client.register_schema(subject, Schema(schema, "AVRO"))
+        return self._ask(f"registering a schema under {subject}", self.client.register_schema, subject, Schema(schema, "AVRO"))
 
     def schema_by_id(self, schema_id: int) -> str:
-        return self.client.get_schema(schema_id).schema_str
+        from survey_kit.serde import fetch_schema
+
+        return fetch_schema(self.client, schema_id, self.url).schema_str
 
     def latest(self, subject: str) -> tuple[int, str] | None:
         from confluent_kafka.schema_registry.error import SchemaRegistryError
 
         try:
-            registered = self.client.get_latest_version(subject)
+            registered = self._ask(f"for the latest schema of {subject}", self.client.get_latest_version, subject)
         except SchemaRegistryError as exc:
-            if getattr(exc, "http_status_code", None) == 404:
+            if exc.http_status_code == 404:  # the registry's own answer: no such subject
                 return None
             raise
         return registered.schema_id, registered.schema.schema_str
+
+    def _ask(self, asking: str, request, *args):
+        from survey_kit.serde import registry_unavailable
+
+        try:
+            return request(*args)
+        except Exception as exc:
+            failure = registry_unavailable(exc, self.url, asking)
+            if failure is not None:
+                raise failure from None
+            raise
 
 
 # ---------------------------------------------------------------- Avro schemas
@@ -589,7 +607,7 @@ class AvroFormat(ValueFormat):
         column is read from the decoded record."""
         try:
             writer = json.loads(self.store.schema_by_id(schema_id))
-        except Exception as exc:  # the store's own error types vary (HTTP, KeyError)
+        except LookupError as exc:  # no such id: the record's fault (a registry that cannot be asked is no record's: it raises on)
             raise RecordError(f"unknown Avro schema id {schema_id}: {exc}") from None
         fields = {f["name"].upper(): f for f in writer.get("fields", [])} if isinstance(writer, dict) and writer.get("type") == "record" else None
         plan = []

@@ -34,7 +34,8 @@ module is its Kafka I/O, shaped like Kafka Streams / ksqlDB:
   `data_dir` rebuilds the engine when the broker lost its topics (the
   embedded broker keeps them in memory);
 * malformed records become dead letters (the engine produces them; they are
-  counted), the broker going away is logged once per outage and survived.
+  counted), the broker or the Schema Registry going away is logged once per
+  outage and survived (a record read meanwhile is read again, not dead-lettered).
 """
 
 from __future__ import annotations
@@ -55,6 +56,7 @@ from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, KafkaExcepti
 from confluent_kafka.admin import AdminClient, NewTopic
 
 from survey_kit.cluster import Cluster
+from survey_kit.serde import RegistryUnavailable
 
 from . import ast
 from .engine import DEAD_LETTER_TOPIC, DEFAULT_DEAD_LETTER_TOPIC, Engine, StatementResult
@@ -228,7 +230,8 @@ class EngineRuntime:
         self._last_group_offsets = 0.0
         self._resync_wanted = True
         self._needs_recovery = True
-        self._outage: str | None = None
+        self._outage: str | None = None  # what is wrong while Kafka or the Schema Registry does not answer
+        self._outage_of = ""  # which of the two
 
     # ------------------------------------------------------------ life cycle
 
@@ -251,7 +254,7 @@ class EngineRuntime:
             while not self._stop.is_set():
                 try:
                     self._step()
-                except (KafkaException, RuntimeUnavailable) as exc:
+                except (KafkaException, RuntimeUnavailable, RegistryUnavailable) as exc:
                     self._broker_trouble(exc)
                     self._needs_recovery = True
                     self._stop.wait(1.0)
@@ -726,7 +729,7 @@ class EngineRuntime:
     # ------------------------------------------------------------ recovery
 
     def _new_engine(self) -> Engine:
-        return Engine(schemas=RegistrySchemaStore(self.cluster.registry()), properties=dict(self.properties))
+        return Engine(schemas=RegistrySchemaStore(self.cluster.registry(), self.cluster.schema_registry_url), properties=dict(self.properties))
 
     def _recover(self) -> None:
         """(Re)build the engine from the command topic, its state from the changelog, its inputs from the committed offsets."""
@@ -1120,13 +1123,19 @@ class EngineRuntime:
             self._needs_recovery = True
 
     def _broker_trouble(self, exc: Exception) -> None:
+        """Log an outage of Kafka or of the Schema Registry once, when it starts."""
         reason = _text(exc)
         if self._outage is None:
             self._outage = reason
-            log.warning("Kafka at %s is unreachable or failing (%s); the engine keeps trying", self.cluster.bootstrap_servers, reason)
+            if isinstance(exc, RegistryUnavailable):
+                self._outage_of = f"the Schema Registry at {self.cluster.schema_registry_url}"
+                log.warning("%s; the engine keeps trying from its last commit", reason)
+            else:
+                self._outage_of = f"Kafka at {self.cluster.bootstrap_servers}"
+                log.warning("Kafka at %s is unreachable or failing (%s); the engine keeps trying", self.cluster.bootstrap_servers, reason)
 
     def _recovered(self) -> None:
-        log.warning("Kafka at %s answers again; the engine resumes", self.cluster.bootstrap_servers)
+        log.warning("%s answers again; the engine resumes", self._outage_of)
         self._outage = None
 
     def _close_producer(self) -> None:

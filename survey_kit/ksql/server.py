@@ -33,6 +33,7 @@ from starlette.responses import JSONResponse
 from starlette.routing import Route
 
 from survey_kit.cluster import Cluster
+from survey_kit.serde import RegistryUnavailable
 
 from . import ast
 from .engine import StatementResult
@@ -190,7 +191,7 @@ def create_app(runtime: EngineRuntime, pool: WorkerPool | None = None) -> Starle
             return _error(400, ERROR_BAD_STATEMENT, exc.message, exc.statement, entities)
         except KsqlError as exc:
             return _error(400, ERROR_BAD_STATEMENT, str(exc), text)
-        except RuntimeUnavailable as exc:
+        except (RuntimeUnavailable, RegistryUnavailable) as exc:
             return _error(503, ERROR_UNAVAILABLE, str(exc))
         except Exception as exc:  # a defect: answer in ksqlDB's shape, keep the trace in the log
             log.exception("statement failed")
