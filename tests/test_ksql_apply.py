@@ -168,6 +168,18 @@ def test_apply_without_a_server_says_so(deployment):
     assert "cannot reach ksqlDB" in result.stderr and "Traceback" not in result.stderr
 
 
+def test_a_ksqldb_url_that_is_another_server_says_so(deployment):
+    # the Schema Registry's address given as ksqldb.url (an easy slip: both are http on Confluent Cloud); it
+    # answered its own 404, printed as if ksqlDB had refused the statement
+    stack, cluster, engine, data = deployment
+    for command in (["ksql", "apply"], ["ksql", "run", "SHOW STREAMS;"]):
+        result = run_cli(deployment, *command, ksqldb_url=stack.schema_registry_url)
+        assert result.returncode == 1
+        assert result.stderr.strip() == (f"survey-kit: error: the server at {stack.schema_registry_url} answered HTTP 404 to "
+                                          "POST /ksql, not as ksqlDB does: check that ksqldb.url in survey-kit.yaml is a "
+                                          "ksqlDB server's address")
+
+
 def test_engine_on_a_port_in_use_exits_2(deployment):
     stack, cluster, engine, data = deployment
     result = run_cli(deployment, "engine", "--port", str(engine.port), "--data-dir", str(data / "second"))

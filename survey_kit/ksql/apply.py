@@ -108,7 +108,8 @@ def apply_pipeline(client: KsqlRestClient, directory: str | Path = PIPELINE_DIR,
         if "does not exist in the Schema Registry" in exc.message:
             hint = ("\nRegister the topic's value schema first. `survey-kit ksql apply` registers the survey topics' "
                     "schemas in the Schema Registry of schema_registry.url: is ksqlDB configured with that registry?")
-        raise ApplyError(f"{where}{exc.message}{hint}\nStatement: {exc.statement.strip()}") from None
+        statement = f"\nStatement: {exc.statement.strip()}" if exc.statement.strip() else ""  # none: the server was no ksqlDB
+        raise ApplyError(f"{where}{exc.message}{hint}{statement}") from None
     applied = []
     for (path, text), found in zip(expected, entities):
         applied.append(AppliedStatement(path, text, _message(found)))

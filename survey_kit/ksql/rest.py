@@ -53,12 +53,18 @@ class KsqlRestClient:
             response = self._http.post("/ksql", json=body)
         except httpx.HTTPError as exc:
             raise ConnectionError(f"cannot reach ksqlDB at {self.url}: {exc}") from None
-        if response.status_code == 401:
+        if response.status_code in (401, 403):
             raise KsqlServerError(f"ksqlDB at {self.url} refused the credentials: check ksqldb.api_key / api_secret")
         try:
             payload = response.json()
         except ValueError:
-            raise KsqlServerError(f"ksqlDB at {self.url} answered HTTP {response.status_code} without JSON") from None
+            payload = None
+        if response.is_error and not (isinstance(payload, dict) and "@type" in payload):
+            # ksqlDB's errors carry "@type" (statement_error, generic_error): this is some other server
+            raise KsqlServerError(f"the server at {self.url} answered HTTP {response.status_code} to POST /ksql, not as "
+                                  "ksqlDB does: check that ksqldb.url in survey-kit.yaml is a ksqlDB server's address")
+        if payload is None:
+            raise KsqlServerError(f"ksqlDB at {self.url} answered HTTP {response.status_code} without JSON")
         if response.is_error:
             raise KsqlServerError(
                 payload.get("message", f"HTTP {response.status_code}"),
