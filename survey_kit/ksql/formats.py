@@ -607,7 +607,7 @@ class AvroFormat(ValueFormat):
         column is read from the decoded record."""
         try:
             writer = json.loads(self.store.schema_by_id(schema_id))
-        except LookupError as exc:  # no such id: the record's fault (a registry that cannot be asked is no record's: it raises on)
+        except LookupError as exc:  # no such id: the record's fault (RegistryUnavailable is not a LookupError: it propagates)
             raise RecordError(f"unknown Avro schema id {schema_id}: {exc}") from None
         fields = {f["name"].upper(): f for f in writer.get("fields", [])} if isinstance(writer, dict) and writer.get("type") == "record" else None
         plan = []

@@ -255,7 +255,7 @@ class EngineRuntime:
                 try:
                     self._step()
                 except (KafkaException, RuntimeUnavailable, RegistryUnavailable) as exc:
-                    self._broker_trouble(exc)
+                    self._outage_began(exc)
                     self._needs_recovery = True
                     self._stop.wait(1.0)
                 except Exception:  # a defect: say so loudly, then start over from what was committed
@@ -556,7 +556,7 @@ class EngineRuntime:
             except KafkaException as exc:
                 if not exc.args[0].retriable() or self._stop.is_set() and attempt > 1:
                     raise
-                self._broker_trouble(exc)
+                self._outage_began(exc)
 
     def _abort(self) -> None:
         """Drop the open transaction; the engine is rebuilt from what was committed."""
@@ -1109,7 +1109,7 @@ class EngineRuntime:
         if error.code() == KafkaError._AUTO_OFFSET_RESET:
             raise RuntimeUnavailable(f"an input partition no longer has the records the engine read (did the broker lose its data?): {error.str()}")
         if error.code() in (KafkaError._TRANSPORT, KafkaError._ALL_BROKERS_DOWN, KafkaError._TIMED_OUT):
-            self._broker_trouble(KafkaException(error))
+            self._outage_began(KafkaException(error))
             return
         log.warning("consumer error: %s", error.str())
 
@@ -1122,7 +1122,7 @@ class EngineRuntime:
             log.error("Kafka client error: %s", error.str())
             self._needs_recovery = True
 
-    def _broker_trouble(self, exc: Exception) -> None:
+    def _outage_began(self, exc: Exception) -> None:
         """Log an outage of Kafka or of the Schema Registry once, when it starts."""
         reason = _text(exc)
         if self._outage is None:
