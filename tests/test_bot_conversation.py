@@ -45,12 +45,15 @@ class MemorySurveys:
 class Bot:
     """The bot with in-memory services, running against a fake Telegram."""
 
-    def __init__(self, tmp_path, surveys, kafka_up=True):
+    def __init__(self, tmp_path, surveys, kafka_up=True, read=True, ready_wait=10.0):
         self.entries: list[dict] = []
         self.kafka_up = kafka_up
         self.catalog = SurveyCatalog(surveys)
         self.ledger = EntryLedger()
         self.ledger.ready.set()
+        if not read:  # as at start-up, while the followers still read the topics
+            self.catalog.ready.clear()
+            self.ledger.ready.clear()
 
         async def deliver(entry: dict) -> bool:
             self.entries.append(entry)
@@ -65,6 +68,7 @@ class Bot:
             surveys_admin=MemorySurveys(self.catalog),
             admin_chat_ids=frozenset({ADMIN}),
             max_field_length=20,
+            ready_wait=ready_wait,
         )
 
 
@@ -114,6 +118,32 @@ def test_start_help_and_unknown_commands_list_the_commands(run_bot, tg):
     tg.send_text(1, "hello?")
     expect(tg, 1, texts.UNKNOWN_TEXT)
     assert [c["command"] for c in tg.state()["commands"]] == [name for name, _ in texts.COMMANDS]
+
+
+def test_commands_sent_while_the_bot_reads_its_topics_wait_for_them(run_bot, tg):
+    # Right after a start, surveys and answers are still being read from Kafka: "no open survey" or a
+    # second answer would be wrong, so the bot waits for them, then answers.
+    bot = run_bot(read=False)
+    tg.send_text(1, "/survey")
+    tg.send_text(2, "/results")
+    with pytest.raises(NoReply):
+        tg.wait_for_reply(1, timeout=1)
+    bot.ledger.ready.set()
+    with pytest.raises(NoReply):
+        tg.wait_for_reply(1, timeout=0.5)  # the surveys are still being read
+    bot.catalog.ready.set()
+    expect(tg, 1, texts.ask_name(PIE.question))
+    assert tg.wait_for_reply(2).text.startswith('Results for "Thanksgiving Pie"')
+
+
+def test_a_bot_that_cannot_read_its_topics_says_to_try_again(run_bot, tg):
+    run_bot(read=False, ready_wait=0.5)
+    tg.send_text(1, "/survey")
+    expect(tg, 1, texts.STARTING)
+    tg.send_text(1, "/results")
+    expect(tg, 1, texts.starting("results"))
+    tg.send_text(ADMIN, "/closesurvey 1")
+    expect(tg, ADMIN, texts.starting("closesurvey"))
 
 
 def test_a_complete_survey_is_confirmed_and_delivered(run_bot, tg):

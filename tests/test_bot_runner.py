@@ -55,8 +55,9 @@ def test_the_token_and_respondents_details_stay_out_of_the_log(cluster, tmp_path
         runner = BotRunner(cluster=cluster, data_dir=tmp_path, api_url=fake.api_url).start()
         try:
             assert "SECRET" not in repr(runner) and "SECRET" not in str(runner.status())
-            for text in ("/survey", "Zebulon", "Quuxcorp", "Atlantis", "Apple Pie", "/y"):
-                tg.ask(5, text)
+            # No wait_until_ready: the bot itself waits for the surveys to be read before answering /survey.
+            replies = [tg.ask(5, text).text for text in ("/survey", "Zebulon", "Quuxcorp", "Atlantis", "Apple Pie", "/y")]
+            assert replies[-1] == texts.SENT
         finally:
             runner.stop()
     logged = "\n".join(record.getMessage() for record in caplog.records)

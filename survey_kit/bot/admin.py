@@ -32,6 +32,8 @@ async def new_survey(update: Update, context: ContextTypes.DEFAULT_TYPE) -> int:
 
 async def new_id(update: Update, context: ContextTypes.DEFAULT_TYPE) -> int | None:
     survey_id = update.message.text.strip()
+    if not await services(context).caught_up():
+        return await reask(update, context, texts.STILL_READING_SURVEYS)
     if services(context).catalog.get(survey_id) is not None:
         return await reask(update, context, f"Survey {survey_id} already exists; choose another id.")
     context.user_data["new"] = {"survey_id": survey_id}
@@ -107,6 +109,9 @@ async def close_survey(update: Update, context: ContextTypes.DEFAULT_TYPE) -> No
         await update.message.reply_text(texts.CLOSE_USAGE)
         return
     survey_id = context.args[0]
+    if not await svc.caught_up():
+        await update.message.reply_text(texts.starting("closesurvey"))
+        return
     if svc.catalog.get(survey_id) is None:
         await update.message.reply_text(texts.no_such_survey(survey_id))
         return

@@ -12,13 +12,20 @@ from .follow import TopicFollower
 
 
 class SurveyCatalog:
-    """Survey id -> its latest definition. Filled from survey-questions (`follow`) or directly with `put`."""
+    """Survey id -> its latest definition. Filled from survey-questions (`follow`) or directly with `put`.
 
-    def __init__(self, surveys: list[Survey] = ()):
+    `ready` is set once the catalog holds every survey: at once for a catalog made from a list, after the
+    whole of survey-questions has been read for a followed one.
+    """
+
+    def __init__(self, surveys: list[Survey] | None = None):
         self._surveys: dict[str, Survey] = {}
         self._lock = threading.Lock()
-        for survey in surveys:
-            self.put(survey)
+        self.ready = threading.Event()
+        if surveys is not None:
+            for survey in surveys:
+                self.put(survey)
+            self.ready.set()
 
     def put(self, survey: Survey) -> None:
         with self._lock:
@@ -60,7 +67,9 @@ class SurveyCatalog:
 
     def follow(self, cluster: Cluster) -> TopicFollower:
         """Start keeping this catalog up to date from survey-questions; returns the running follower."""
-        return TopicFollower(cluster, cluster.topics.questions, self.apply_record).start()
+        follower = TopicFollower(cluster, cluster.topics.questions, self.apply_record)
+        self.ready = follower.caught_up
+        return follower.start()
 
 
 class KafkaSurveys:

@@ -22,6 +22,9 @@ async def help_command(update: Update, context: ContextTypes.DEFAULT_TYPE) -> No
 async def results(update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
     """/results [ID]: the histogram of one survey, or of every open survey."""
     svc = services(context)
+    if not await svc.caught_up():
+        await update.message.reply_text(texts.starting("results"))
+        return
     if context.args:
         survey = svc.catalog.get(context.args[0])
         if survey is None:

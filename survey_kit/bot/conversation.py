@@ -7,7 +7,6 @@ survey once, and /y reports "sent" only when Kafka acknowledged the entry (or sa
 
 from __future__ import annotations
 
-import asyncio
 import logging
 
 from telegram import ReplyKeyboardRemove, Update
@@ -54,8 +53,7 @@ def _labels(surveys: list[Survey]) -> dict[str, str]:
 async def survey_command(update: Update, context: ContextTypes.DEFAULT_TYPE) -> int:
     svc = services(context)
     context.user_data.clear()
-    # Who already answered is read from survey-entries at start-up; answer only once it is complete.
-    if not await asyncio.to_thread(svc.ledger.ready.wait, svc.ready_wait):
+    if not await svc.caught_up():
         await update.message.reply_text(texts.STARTING)
         return END
     open_surveys = svc.catalog.enabled()

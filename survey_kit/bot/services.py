@@ -7,7 +7,9 @@ may wire them to anything with the same methods.
 
 from __future__ import annotations
 
+import asyncio
 import threading
+import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any, Protocol
@@ -64,11 +66,22 @@ class BotServices:
     surveys_admin: SurveysAdmin
     admin_chat_ids: frozenset[int] = frozenset()
     max_field_length: int = 100
-    ready_wait: float = 10.0  # how long /survey waits for the ledger to be read from Kafka
+    ready_wait: float = 10.0  # how long a command waits for the surveys and answers to be read from Kafka
     counters: Counters = field(default_factory=Counters)
 
     def is_admin(self, chat_id: int) -> bool:
         return chat_id in self.admin_chat_ids
+
+    async def caught_up(self) -> bool:
+        """Wait (up to `ready_wait`) until the surveys and who answered them have been read; False if not.
+
+        Until then the bot would tell a user that no survey is open, or let them answer twice.
+        """
+        deadline = time.monotonic() + self.ready_wait
+        for event in (self.catalog.ready, self.ledger.ready):
+            if not await asyncio.to_thread(event.wait, max(deadline - time.monotonic(), 0)):
+                return False
+        return True
 
 
 def services(context: ContextTypes.DEFAULT_TYPE) -> BotServices:

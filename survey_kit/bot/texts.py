@@ -27,7 +27,12 @@ def unknown_command(command: str) -> str:
 
 UNKNOWN_TEXT = "Send /survey to answer a survey, or /help to see what I can do."
 
-STARTING = "I am still starting up. Please send /survey again in a moment."
+def starting(command: str) -> str:
+    return f"I am still starting up. Please send /{command} again in a moment."
+
+
+STARTING = starting("survey")
+STILL_READING_SURVEYS = "I am still reading the existing surveys. Please send the id again in a moment."
 NO_SURVEY = "There is no open survey right now. Please try again later."
 CHOOSE_SURVEY = "Which survey would you like to answer?"
 CHOOSE_FROM_KEYBOARD = "Please pick one of the surveys on the keyboard."
