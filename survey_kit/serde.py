@@ -121,6 +121,16 @@ def avro_producer(cluster: Cluster, schema_name: str, **config: Any) -> Serializ
     )
 
 
+def close_producer(producer: SerializingProducer) -> None:
+    """Close a producer at once; records it still holds are dropped (flush first, to keep them).
+
+    A SerializingProducer and its serializers refer to each other, so one that is only let go of lives on,
+    connected and retrying a stopped broker on stderr every second, until the garbage collector runs.
+    """
+    producer.purge()  # else close() waits for them, up to message.timeout.ms while the broker is down
+    producer.close()
+
+
 def avro_consumer(cluster: Cluster, group_id: str | None = None, schema_name: str | None = None, **config: Any) -> DeserializingConsumer:
     """A consumer decoding string keys and Avro values (with the writer's schema by default)."""
     return DeserializingConsumer(

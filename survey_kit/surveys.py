@@ -14,7 +14,7 @@ from dataclasses import asdict, dataclass, field, replace
 
 from .cluster import Cluster
 from .consume import read_values
-from .serde import avro_producer
+from .serde import avro_producer, close_producer
 
 SCHEMA = "survey-questions"
 
@@ -107,13 +107,16 @@ def disable_survey(cluster: Cluster, survey_id: str) -> Survey:
 def _publish(cluster: Cluster, survey: Survey) -> None:
     producer = avro_producer(cluster, SCHEMA)
     errors = []
-    producer.produce(
-        cluster.topics.questions,
-        key=survey.survey_id,
-        value=survey.to_record(),
-        on_delivery=lambda err, msg: err and errors.append(err),
-    )
-    remaining = producer.flush(15)
+    try:
+        producer.produce(
+            cluster.topics.questions,
+            key=survey.survey_id,
+            value=survey.to_record(),
+            on_delivery=lambda err, msg: err and errors.append(err),
+        )
+        remaining = producer.flush(15)
+    finally:
+        close_producer(producer)  # what is not acknowledged by now is dropped: not saved, as the error says
     if remaining or errors:
         reason = errors[0].str() if errors else "no acknowledgement within 15 s"
         raise ConnectionError(f"survey {survey.survey_id} was not saved on {cluster.bootstrap_servers}: {reason}")

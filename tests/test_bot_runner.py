@@ -4,17 +4,24 @@ what it logs (never the token; no names, companies or locations at INFO)."""
 from __future__ import annotations
 
 import asyncio
+import gc
 import logging
 from dataclasses import replace
+from datetime import datetime, timezone
 
+import psutil
 import pytest
 from pydantic import SecretStr
 
 from survey_kit.bot import texts
+from survey_kit.bot.generator import plan_entries, write_entries
 from survey_kit.bot.runner import BotRunner
+from survey_kit.cluster import from_stack
 from survey_kit.config import ConfigError
 from survey_kit.faketelegram import FakeTelegramClient, FakeTelegramServer
+from survey_kit.stack import EmbeddedStack
 from survey_kit.surveys import Survey, create_survey
+from survey_kit.topics import create_topics
 
 PIE = Survey("1", "Which Thanksgiving Pie is your favorite?", "Thanksgiving Pie", ["Apple Pie", "Pecan Pie"])
 TOKEN = "424242:SECRET-token-value"
@@ -66,6 +73,32 @@ def test_the_token_and_respondents_details_stay_out_of_the_log(cluster, tmp_path
     assert "entry confirmed" in at_info
     for detail in ("Zebulon", "Quuxcorp", "Atlantis"):
         assert detail not in at_info
+
+
+def broker_connections(bootstrap_servers: str) -> list:
+    port = int(bootstrap_servers.rsplit(":", 1)[1])
+    return [c for c in psutil.Process().net_connections("tcp") if c.raddr and c.raddr.port == port]
+
+
+def test_a_stopped_bot_and_its_commands_let_go_of_the_broker(tmp_path):
+    # In a notebook, a producer left open keeps its connections and threads, and once the stack is stopped
+    # prints "Connect to ... failed" on stderr every second, until Python's garbage collector finds it.
+    with EmbeddedStack(data_dir=tmp_path / "stack", services=("broker", "registry")) as stack:
+        cluster = from_stack(stack)
+        create_topics(cluster)
+        gc.disable()  # the collector would close such a producer at some point; the code must
+        try:
+            create_survey(cluster, PIE)
+            write_entries(cluster, plan_entries(PIE, 3, start=datetime.now(timezone.utc), seed=1))
+            assert broker_connections(cluster.bootstrap_servers) == []
+            with FakeTelegramServer() as fake:
+                runner = BotRunner(cluster=cluster, data_dir=tmp_path / "bot", api_url=fake.api_url).start()
+                assert runner.wait_until_ready(30)
+                assert broker_connections(cluster.bootstrap_servers) != []
+                runner.stop()
+            assert broker_connections(cluster.bootstrap_servers) == []
+        finally:
+            gc.enable()
 
 
 def test_without_token_or_fake_telegram_the_runner_says_what_to_do(cluster):

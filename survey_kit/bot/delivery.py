@@ -22,7 +22,7 @@ from typing import Any
 from confluent_kafka import KafkaError, SerializingProducer
 
 from ..cluster import Cluster
-from ..serde import avro_producer
+from ..serde import avro_producer, close_producer
 from .outbox import Outbox, PendingEntry
 
 log = logging.getLogger(__name__)
@@ -91,7 +91,9 @@ class EntryDelivery:
         self._wake.set()
         if self._thread.is_alive():
             self._thread.join(timeout)
-        self._producer = None  # let librdkafka close its connections
+        if self._producer is not None and not self._thread.is_alive():
+            close_producer(self._producer)  # what it still holds is in the outbox
+            self._producer = None
 
     # ---- the delivery thread -----------------------------------------------------------------------
 
@@ -126,6 +128,8 @@ class EntryDelivery:
                 if self._fatal is not None:
                     log.warning("the entries producer failed fatally (%s); starting a new one", self._fatal.str())
                     self._fatal = None
+                    if self._producer is not None:
+                        close_producer(self._producer)
                 self._producer = self._new_producer()
             acknowledged = self._produce(batch)
             if acknowledged:

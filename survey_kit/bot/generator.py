@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 
 from ..cluster import Cluster
-from ..serde import avro_producer
+from ..serde import avro_producer, close_producer
 from ..surveys import Survey
 from .delivery import ENTRY_ID_HEADER, SCHEMA
 from .simulate import CITIES, COMPANIES, FIRST_NAMES, pick_answer
@@ -77,21 +77,24 @@ def write_entries(cluster: Cluster, planned: list[PlannedEntry], timeout: float 
     """Produce the planned entries to survey-entries in order, with their timestamps; returns how many."""
     producer = avro_producer(cluster, SCHEMA, **{"linger.ms": 20})
     errors = []
-    for item in planned:
-        while True:
-            try:
-                producer.produce(
-                    cluster.topics.entries,
-                    key=item.entry["survey_id"],
-                    value=item.entry,
-                    timestamp=item.timestamp_ms,
-                    headers=[(ENTRY_ID_HEADER, item.entry_id.encode())],
-                    on_delivery=lambda err, msg: err and errors.append(err),
-                )
-                break
-            except BufferError:
-                producer.poll(0.1)  # the local queue is full: let deliveries drain it
-    remaining = producer.flush(timeout)
+    try:
+        for item in planned:
+            while True:
+                try:
+                    producer.produce(
+                        cluster.topics.entries,
+                        key=item.entry["survey_id"],
+                        value=item.entry,
+                        timestamp=item.timestamp_ms,
+                        headers=[(ENTRY_ID_HEADER, item.entry_id.encode())],
+                        on_delivery=lambda err, msg: err and errors.append(err),
+                    )
+                    break
+                except BufferError:
+                    producer.poll(0.1)  # the local queue is full: let deliveries drain it
+        remaining = producer.flush(timeout)
+    finally:
+        close_producer(producer)
     if remaining or errors:
         reason = errors[0].str() if errors else f"{remaining} not acknowledged within {timeout:g} s"
         raise ConnectionError(f"writing entries to {cluster.topics.entries} failed: {reason}")
