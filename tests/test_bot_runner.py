@@ -64,7 +64,7 @@ def test_the_token_and_respondents_details_stay_out_of_the_log(cluster, tmp_path
             assert "SECRET" not in repr(runner) and "SECRET" not in str(runner.status())
             # No wait_until_ready: the bot itself waits for the surveys to be read before answering /survey.
             replies = [tg.ask(5, text).text for text in ("/survey", "Zebulon", "Quuxcorp", "Atlantis", "Apple Pie", "/y")]
-            assert replies[-1] == texts.SENT
+            assert replies[-1] in (texts.SENT, texts.SAVED)  # saved: Kafka took longer than ack_wait to answer
         finally:
             runner.stop()
     logged = "\n".join(record.getMessage() for record in caplog.records)
