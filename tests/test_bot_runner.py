@@ -6,14 +6,23 @@ from __future__ import annotations
 import asyncio
 import gc
 import logging
+import socket
+import threading
+import time
+from contextlib import contextmanager
 from dataclasses import replace
 from datetime import datetime, timezone
 
 import psutil
 import pytest
+import uvicorn
 from pydantic import SecretStr
+from starlette.applications import Starlette
+from starlette.responses import JSONResponse
+from starlette.routing import Route
 
 from survey_kit.bot import texts
+from survey_kit.bot.app import BotStartError
 from survey_kit.bot.generator import plan_entries, write_entries
 from survey_kit.bot.runner import BotRunner
 from survey_kit.cluster import from_stack
@@ -99,6 +108,50 @@ def test_a_stopped_bot_and_its_commands_let_go_of_the_broker(tmp_path):
             assert broker_connections(cluster.bootstrap_servers) == []
         finally:
             gc.enable()
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def test_a_telegram_that_does_not_answer_is_named_with_what_to_do(cluster, tmp_path, caplog):
+    url = f"http://127.0.0.1:{free_port()}"  # nothing listens there: a fake Telegram that is not running
+    with pytest.raises(BotStartError, match=r"fake Telegram at http://127\.0\.0\.1:\d+\): Telegram could not be reached .*"
+                                            r"`survey-kit up` starts the fake Telegram"):
+        BotRunner(cluster=cluster, data_dir=tmp_path, api_url=url).start(timeout=20)
+    # one message, not a traceback in the log as if the bot had crashed
+    assert [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR] == []
+
+
+@contextmanager
+def telegram_refusing_every_token():
+    """An HTTP server answering every Bot API call as Telegram does for a revoked or mistyped token."""
+    async def unauthorized(request):
+        return JSONResponse({"ok": False, "error_code": 401, "description": "Unauthorized"}, status_code=401)
+
+    app = Starlette(routes=[Route("/{path:path}", unauthorized, methods=["GET", "POST"])])
+    port = free_port()
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    while not server.started:
+        time.sleep(0.05)
+    try:
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        server.should_exit = True
+        thread.join(10)
+
+
+def test_a_refused_token_is_named(cluster, tmp_path):
+    telegram = cluster.settings.telegram.model_copy(update={"token": SecretStr(TOKEN)})
+    cluster = replace(cluster, settings=cluster.settings.model_copy(update={"telegram": telegram}))
+    with telegram_refusing_every_token() as url, pytest.raises(BotStartError) as refused:
+        BotRunner(cluster=cluster, data_dir=tmp_path, api_url=url).start(timeout=20)
+    assert "Telegram refused the bot's token: check telegram.token in survey-kit.yaml" in str(refused.value)
+    assert "SECRET" not in str(refused.value) and "network" not in str(refused.value)
 
 
 def test_without_token_or_fake_telegram_the_runner_says_what_to_do(cluster):

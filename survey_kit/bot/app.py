@@ -14,6 +14,7 @@ import threading
 from collections.abc import Awaitable, Callable
 
 from telegram import BotCommand, Update
+from telegram.error import InvalidToken, NetworkError
 from telegram.ext import Application, ContextTypes
 
 from . import texts
@@ -26,6 +27,20 @@ from .services import SERVICES_KEY, BotServices
 log = logging.getLogger(__name__)
 
 Background = Callable[[Application, asyncio.Event], Awaitable[None]]
+
+
+class BotStartError(ConnectionError):
+    """The bot could not start: Telegram refused its token, could not be reached, or did not answer."""
+
+
+def _start_failure(error: BaseException | None, timeout: float) -> str:
+    if error is None:
+        return f"Telegram did not answer within {timeout:g} s"
+    if isinstance(error, InvalidToken):
+        return "Telegram refused the bot's token: check telegram.token in survey-kit.yaml (the one @BotFather gave)"
+    if isinstance(error, NetworkError):  # TimedOut too
+        return f"Telegram could not be reached ({error.message})"
+    return f"{type(error).__name__}: {error}"
 
 
 async def _on_error(update: object, context: ContextTypes.DEFAULT_TYPE) -> None:
@@ -101,7 +116,7 @@ class BotThread:
         self._thread.start()
         if not self._ready.wait(timeout) or self.error is not None:
             self.stop()
-            raise RuntimeError(f"the bot did not start: {self.error or 'no answer from Telegram'}")
+            raise BotStartError(_start_failure(self.error, timeout)) from self.error
         return self
 
     @property
@@ -124,5 +139,8 @@ class BotThread:
             asyncio.run(main())
         except BaseException as exc:  # reported by start() or status
             self.error = exc
-            log.error("the bot stopped with an error", exc_info=exc)
+            if self._ready.is_set():
+                log.error("the bot stopped with an error", exc_info=exc)
+            else:  # start() raises it, saying what to do
+                log.debug("the bot did not start", exc_info=exc)
             self._ready.set()

@@ -15,13 +15,14 @@ import time
 from pathlib import Path
 from typing import Any
 
+from telegram.error import InvalidToken
 from telegram.ext import Application
 
 from ..cluster import Cluster, connect
 from ..config import ConfigError, Settings
 from ..stack.state import home
 from .alerts import AlertLog, FinalResultsAlerter
-from .app import BotThread, build_application
+from .app import BotStartError, BotThread, build_application
 from .catalog import KafkaSurveys, SurveyCatalog
 from .delivery import EntryDelivery
 from .follow import TopicFollower
@@ -149,6 +150,15 @@ class BotRunner:
         self.app = build_application(self.services, self._token, base_url=base_url)
         try:
             self._thread = BotThread(self.app, background).start(timeout)
+        except BotStartError as exc:
+            self._stop_kafka_side()
+            if isinstance(exc.__cause__, InvalidToken):
+                hint = ""
+            elif self.api_url:
+                hint = "; `survey-kit up` starts the fake Telegram (`survey-kit status` shows whether it runs)"
+            else:
+                hint = "; check the network connection"
+            raise BotStartError(f"the bot did not start ({self.telegram}): {exc}{hint}") from exc.__cause__
         except Exception:
             self._stop_kafka_side()
             raise
