@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import socket
 import time
 from collections import Counter
 from datetime import UTC, datetime, timedelta
@@ -134,6 +135,14 @@ def test_bad_answer_shares_are_refused_with_a_reason(capsys):
 def test_simulate_without_a_bot_says_to_start_one():
     with FakeTelegramServer() as fake, pytest.raises(ConnectionError, match="survey-kit bot"):
         simulate(fake.api_url, 3)
+
+
+def test_simulate_without_a_fake_telegram_says_to_start_one():
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]  # nothing listens there once the socket is closed
+    with pytest.raises(ConnectionError, match=f"no fake Telegram answers at http://127.0.0.1:{port}: `survey-kit up`"):
+        simulate(f"http://127.0.0.1:{port}", 3)
 
 
 def test_planned_entries_have_late_and_out_of_order_timestamps():

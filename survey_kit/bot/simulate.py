@@ -206,7 +206,11 @@ def simulate(api_url: str, respondents: int, *, survey_label: str | None = None,
             progress()
 
     with FakeTelegramClient(api_url, timeout=reply_timeout) as tg, ThreadPoolExecutor(workers) as pool:
-        tg.wait_until_ready()
+        try:
+            tg.wait_until_ready()
+        except TimeoutError:
+            raise ConnectionError(f"no fake Telegram answers at {api_url}: `survey-kit up` starts the embedded stack's "
+                                  "(`survey-kit status` shows whether it runs)") from None
         if not tg.state()["bot_polling"]:
             raise ConnectionError(f"no bot is polling the fake Telegram at {api_url}: start it with "
                                   "`survey-kit bot` (or BotRunner().start() in a notebook)")
