@@ -8,13 +8,21 @@ import time
 from dataclasses import replace
 from datetime import UTC, datetime
 
+import pytest
 from confluent_kafka import Producer
 from confluent_kafka.schema_registry.avro import AvroSerializer
 from confluent_kafka.serialization import MessageField, SerializationContext
 
 from survey_kit.bot import texts
-from survey_kit.bot.alerts import AlertLog
+from survey_kit.bot.alerts import AlertLog, FinalResultsAlerter
+from survey_kit.bot.app import BotThread, build_application
+from survey_kit.bot.catalog import SurveyCatalog
+from survey_kit.bot.ledger import EntryLedger
+from survey_kit.bot.results import ResultsBoard
+from survey_kit.bot.services import BotServices
+from survey_kit.bot.subscribers import Subscribers
 from survey_kit.bot.runner import STATE_DB, BotRunner
+from survey_kit.faketelegram import NoReply
 from survey_kit.surveys import Survey, create_survey
 
 PIE = Survey("1", "Which Thanksgiving Pie is your favorite?", "Thanksgiving Pie", ["Apple Pie", "Pecan Pie"])
@@ -151,3 +159,28 @@ def test_a_final_result_read_while_the_registry_is_down_is_posted_once_it_answer
         assert tg.wait_for_reply(ADMIN).text == final_text(DAY1, 1, 2)
     finally:
         runner.stop()
+
+
+def test_final_results_wait_for_the_surveys_to_be_read(cluster, fake, tg, tmp_path):
+    # After a restart, the windows that closed meanwhile are read at once. Posted before survey-questions
+    # is read, a message would name the survey by its question and leave out the options nobody chose.
+    create_survey(cluster, PIE)
+    publish_window(cluster, DAY1, {"Apple Pie": 2})
+    catalog = SurveyCatalog()  # as at start-up: not read yet
+    ledger = EntryLedger()
+    services = BotServices(catalog=catalog, ledger=ledger, deliver=None, subscribers=Subscribers(tmp_path / "s.db"),
+                           results=ResultsBoard(ledger), surveys_admin=None, admin_chat_ids=frozenset({ADMIN}))
+    alerter = FinalResultsAlerter(cluster, catalog, services.subscribers, AlertLog(tmp_path / "a.db"), frozenset({ADMIN}))
+    app = build_application(services, "123:TEST", base_url=fake.bot_base_url)
+    thread = BotThread(app, [lambda app, stopping: alerter.run(app.bot, stopping)]).start()
+    try:
+        assert tg.ask(ADMIN, "hello").text == texts.UNKNOWN_TEXT  # a chat Telegram knows
+        with pytest.raises(NoReply):
+            tg.wait_for_reply(ADMIN, timeout=2)
+        follower = catalog.follow(cluster)
+        try:
+            assert tg.wait_for_reply(ADMIN).text == final_text(DAY1, 2, 0)
+        finally:
+            follower.stop()
+    finally:
+        thread.stop()

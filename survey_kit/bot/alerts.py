@@ -104,6 +104,10 @@ class FinalResultsAlerter:
     async def run(self, bot: Bot, stopping: asyncio.Event) -> None:
         """Alert until `stopping` is set (run it in the bot's event loop, with the bot's Bot)."""
         loop = asyncio.get_running_loop()
+        # A message names its survey and lists every option from survey-questions: posted before that topic
+        # is read (windows that closed while the bot was down come at once), it would not, and for good.
+        while not stopping.is_set() and not await asyncio.to_thread(self.catalog.ready.wait, 0.5):
+            pass
         consumer = await loop.run_in_executor(self._kafka, self._consumer, stopping)
         if consumer is None:
             return
