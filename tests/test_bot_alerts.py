@@ -4,7 +4,6 @@ alerter restart, waiting out Telegram's 429."""
 from __future__ import annotations
 
 import struct
-import time
 from dataclasses import replace
 from datetime import UTC, datetime
 
@@ -20,10 +19,11 @@ from survey_kit.bot.catalog import SurveyCatalog
 from survey_kit.bot.ledger import EntryLedger
 from survey_kit.bot.results import ResultsBoard
 from survey_kit.bot.services import BotServices
-from survey_kit.bot.subscribers import Subscribers
 from survey_kit.bot.runner import STATE_DB, BotRunner
+from survey_kit.bot.subscribers import Subscribers
 from survey_kit.faketelegram import NoReply
 from survey_kit.surveys import Survey, create_survey
+from tests.waiting import wait_for
 
 PIE = Survey("1", "Which Thanksgiving Pie is your favorite?", "Thanksgiving Pie", ["Apple Pie", "Pecan Pie"])
 ADMIN, SILENT_ADMIN, SUBSCRIBER = 900, 901, 5
@@ -36,13 +36,6 @@ FINAL_SCHEMA = """{"type": "record", "name": "KsqlDataSourceSchema", "namespace"
 
 DAY1 = datetime(2026, 11, 23, tzinfo=UTC)
 DAY3 = datetime(2026, 11, 25, tzinfo=UTC)
-
-
-def wait_for(condition, timeout=30.0):
-    deadline = time.monotonic() + timeout
-    while not condition():
-        assert time.monotonic() < deadline, "timed out"
-        time.sleep(0.1)
 
 
 def publish_window(cluster, start: datetime, counts: dict[str, int]) -> None:

@@ -3,7 +3,6 @@ an entry id header), who answered read back after a restart, live results, admin
 
 from __future__ import annotations
 
-import time
 from dataclasses import replace
 
 import pytest
@@ -16,6 +15,7 @@ from survey_kit.bot.delivery import ENTRY_ID_HEADER
 from survey_kit.bot.runner import BotRunner
 from survey_kit.consume import read_messages, read_values
 from survey_kit.surveys import Survey, create_survey, disable_survey, list_surveys
+from tests.waiting import wait_for
 
 PIE = Survey("1", "Which Thanksgiving Pie is your favorite?", "Thanksgiving Pie",
              ["Pumpkin Pie", "Pecan Pie", "Apple Pie", "Thanksgiving Leftover Pot Pie", "Other"])
@@ -43,14 +43,6 @@ def start_bot(cluster, fake, tmp_path):
     yield start
     for runner in runners:
         runner.stop()
-
-
-def wait_for(condition, timeout=30.0, what="the condition"):
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        time.sleep(0.1)
 
 
 def answer(tg, chat, name, response, survey_question=PIE.question):

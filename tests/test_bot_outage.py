@@ -8,8 +8,6 @@ For the bot both are the same outage: nothing answers.
 
 from __future__ import annotations
 
-import time
-
 import pytest
 
 from survey_kit.bot import texts
@@ -22,16 +20,9 @@ from survey_kit.faketelegram import FakeTelegramClient, FakeTelegramServer
 from survey_kit.stack import EmbeddedStack
 from survey_kit.surveys import Survey, create_survey
 from survey_kit.topics import create_topics
+from tests.waiting import wait_for
 
 PIE = Survey("1", "Which Thanksgiving Pie is your favorite?", "Thanksgiving Pie", ["Apple Pie", "Pecan Pie"])
-
-
-def wait_for(condition, timeout=60.0, what="the condition"):
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        time.sleep(0.2)
 
 
 def converse(tg, chat, name, response):
@@ -69,7 +60,7 @@ def test_entries_confirmed_while_the_broker_is_down_arrive_after_it_is_back(own_
         restarted = BotRunner(**options).start()  # the outbox is read back from disk
         own_stack.resume_service("broker")
         try:
-            wait_for(lambda: restarted.status()["outbox"] == 0, what="the outbox to be delivered")
+            wait_for(lambda: restarted.status()["outbox"] == 0, timeout=60, what="the outbox to be delivered", interval=0.2)
             records = list(read_values(cluster, cluster.topics.entries))
         finally:
             restarted.stop()

@@ -5,7 +5,6 @@ from __future__ import annotations
 import argparse
 import json
 import socket
-import time
 from collections import Counter
 from datetime import UTC, datetime, timedelta
 
@@ -19,18 +18,11 @@ from survey_kit.bot.simulate import parse_answers, simulate
 from survey_kit.consume import read_messages, read_values
 from survey_kit.faketelegram import FakeTelegramServer
 from survey_kit.surveys import Survey, create_survey
+from tests.waiting import wait_for
 
 PIE = Survey("1", "Which Thanksgiving Pie is your favorite?", "Thanksgiving Pie",
              ["Pumpkin Pie", "Pecan Pie", "Apple Pie", "Other"])
 CAKE = Survey("2", "Which cake do you bake most?", "Cakes", ["Carrot", "Cheesecake"])
-
-
-def wait_for(condition, timeout=30.0, what="the condition"):
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        time.sleep(0.1)
 
 
 def delivered(cluster, runner) -> list[dict]:
