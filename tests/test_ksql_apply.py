@@ -5,6 +5,7 @@ The statement files name the default topics, so this module runs a stack of its 
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import subprocess
@@ -71,6 +72,10 @@ def test_apply_on_a_fresh_cluster_then_again_is_harmless(deployment):
     second = run_cli(deployment, "ksql", "apply", "--define", "results_window_size=5 MINUTES")
     assert second.returncode == 0, second.stderr
     assert second.stdout.count("already exists") == 6, second.stdout
+    # the same statements without wall-clock closing: the running query keeps closing by wall clock, and says so
+    assert ("Its query runs with survey_kit.emit.final.wall.clock = true (this request: false), which stays in "
+            "force: DROP TABLE SURVEY_RESULTS_FINAL; first to change it.") in " ".join(second.stdout.split())
+    assert second.stdout.count("stays in force") == 1
     assert "schema registered" not in second.stdout  # a subject that has a schema keeps it
     assert cluster.registry().get_versions("survey-entries-value") == [1]
     with engine.client() as client:
@@ -132,6 +137,27 @@ def test_ksql_run_shows_what_the_server_answers(deployment):
     topics = json.loads(from_stdin.stdout)[0]
     assert topics["@type"] == "kafka_topics"
     assert "survey-entries" in {topic["name"] for topic in topics["topics"]}
+
+
+def test_explain_shows_the_properties_a_query_was_created_with(deployment):
+    stack, cluster, engine, data = deployment
+    result = run_cli(deployment, "ksql", "run", "EXPLAIN CTAS_SURVEY_RESULTS_FINAL_3;")
+    assert result.returncode == 0, result.stderr
+    lines = [" ".join(line.split()) for line in result.stdout.splitlines()]
+    assert "ID : CTAS_SURVEY_RESULTS_FINAL_3" in lines
+    assert "Sources : SURVEY_ENTRIES, SURVEY_QUESTIONS" in lines
+    assert "survey_kit.emit.final.wall.clock | true" in lines
+    with engine.client() as client:
+        live = client.execute("EXPLAIN ctas_survey_results_live_2;")[0]["queryDescription"]
+    assert live["sinks"] == ["SURVEY_RESULTS_LIVE"] and live["queryType"] == "PERSISTENT"
+    assert "survey_kit.emit.final.wall.clock" in live["overriddenProperties"]  # sent with the same request
+    # what the workshop notebook asks before waiting for final results
+    from survey_kit.ksql.apply import closes_by_wall_clock
+
+    assert closes_by_wall_clock(dataclasses.replace(cluster, ksqldb_url=engine.url)) is True
+    assert closes_by_wall_clock(cluster) is None  # no server to ask
+    unknown = run_cli(deployment, "ksql", "run", "EXPLAIN CTAS_NO_SUCH_QUERY;")
+    assert unknown.returncode == 1 and "Query with id:CTAS_NO_SUCH_QUERY does not exist" in unknown.stderr
 
 
 @pytest.mark.parametrize(("statements", "message"), [

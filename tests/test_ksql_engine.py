@@ -195,6 +195,9 @@ def test_show_describe_drop_and_terminate():
     assert [q["id"] for q in queries] == ["CSAS_NAMES_0"]
     described = engine.execute("DESCRIBE names;")[0]
     assert [r["field"] for r in described.rows] == ["ID", "NAME"] and "CSAS_NAMES_0" in described.message
+    explained = engine.execute("EXPLAIN csas_names_0;")[0].rows[0]
+    assert (explained["id"], explained["sources"], explained["sink"]) == ("CSAS_NAMES_0", ["USERS"], "NAMES")
+    assert explained["overridden_properties"] == {}  # created with the engine's own properties
     with pytest.raises(KsqlError, match="The following queries read from this source: \\[CSAS_NAMES_0\\]"):
         engine.execute("DROP STREAM users;")
     engine.execute("TERMINATE CSAS_NAMES_0;")

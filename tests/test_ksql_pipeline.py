@@ -214,6 +214,19 @@ def test_applying_the_files_twice_is_harmless(pipeline):
     assert len(pipeline.read("survey-results-live")) == 1
 
 
+def test_applying_the_files_again_with_other_properties_says_the_old_ones_stay(pipeline):
+    # the pipeline was created closing final windows by stream time only; a workshop asks for wall-clock closing
+    pipeline.engine.properties[EMIT_FINAL_WALL_CLOCK] = "true"
+    messages = [r.message for script in read_pipeline(KSQL_DIR) for r in pipeline.engine.execute(script.text)]
+    changed = [m for m in messages if "stays in force" in m]
+    assert changed == ["Table SURVEY_RESULTS_FINAL already exists; nothing to do. Its query runs with "
+                       "survey_kit.emit.final.wall.clock = false (this request: true), which stays in force: "
+                       "DROP TABLE SURVEY_RESULTS_FINAL; first to change it."]
+    query = pipeline.engine.queries[pipeline.engine.sources["SURVEY_RESULTS_FINAL"].written_by]
+    assert query.wall_clock_close is False
+    assert pipeline.engine.execute(f"EXPLAIN {query.query_id};")[0].rows[0]["overridden_properties"] == {}
+
+
 def test_applying_the_files_again_with_another_window_says_the_old_one_stays():
     demo = Pipeline(overrides={"results_window_size": "30 SECONDS"})
     results = [demo.engine.execute(script.text) for script in read_pipeline(KSQL_DIR, {"results_window_size": "5 MINUTES"})]

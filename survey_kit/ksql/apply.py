@@ -30,6 +30,7 @@ from . import ast
 from .parser import parse_statement, split_statements
 from .pipeline import PIPELINE_DIR, read_pipeline
 from .planner import _parse_duration_text
+from .operators import EMIT_FINAL_WALL_CLOCK
 from .rest import KsqlRestClient, KsqlServerError
 from .types import KsqlError
 
@@ -142,6 +143,25 @@ def results_window(cluster: Cluster, size: str | None = None, grace: str | None 
     return chosen[0], chosen[1]
 
 
+def closes_by_wall_clock(cluster: Cluster) -> bool | None:
+    """Whether the deployed survey_results_final also closes its windows by wall-clock time (the embedded
+    engine's `survey_kit.emit.final.wall.clock`, as set when the table was created); False: by stream time
+    only, as ksqlDB does (a window closes when an entry at or after its end + grace arrives); None: not
+    deployed, or no server to ask.
+
+    The query's overridden properties come from EXPLAIN (ksqlDB's and the engine's alike).
+    """
+    try:
+        with ksql_client(cluster) as client:
+            writers = client.execute(f"DESCRIBE {RESULTS_TABLE};")[0]["sourceDescription"].get("writeQueries") or []
+            if not writers:
+                return None
+            query = client.execute(f"EXPLAIN {writers[0]['id']};")[0]["queryDescription"]
+    except (ConnectionError, KsqlServerError):
+        return None
+    return str((query.get("overriddenProperties") or {}).get(EMIT_FINAL_WALL_CLOCK, "false")).lower() == "true"
+
+
 def _deployed_window(cluster: Cluster) -> tuple[ast.Duration, ast.Duration] | None:
     try:
         with ksql_client(cluster) as client:
@@ -182,5 +202,5 @@ def _message(found: dict) -> str:
     return f"{kind}" if kind else str(found)
 
 
-__all__ = ["AppliedStatement", "ApplyError", "KsqlError", "apply_pipeline", "ksql_client", "register_value_schemas",
-           "results_window"]
+__all__ = ["AppliedStatement", "ApplyError", "KsqlError", "apply_pipeline", "closes_by_wall_clock", "ksql_client",
+           "register_value_schemas", "results_window"]

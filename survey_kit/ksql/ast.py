@@ -384,5 +384,10 @@ class Describe(Statement):
 
 
 @dataclass
+class Explain(Statement):
+    query_id: str  # EXPLAIN of a statement's plan is outside the subset
+
+
+@dataclass
 class Terminate(Statement):
     query_id: str  # or "ALL"

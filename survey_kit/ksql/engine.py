@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 
 from . import ast
 from .formats import AvroFormat, KeyFormat, RecordError, SchemaStore, value_format
-from .operators import EMIT_FINAL_WALL_CLOCK, InputRecord, OutputRecord, PersistentQuery, Serdes
+from .operators import EMIT_FINAL_WALL_CLOCK, InputRecord, OutputRecord, PersistentQuery, Serdes, query_settings
 from .parser import StatementText, parse_statement, split_statements, substitute
 from .planner import DataSource, create_source, plan_query
 from .types import KsqlError
@@ -60,6 +60,7 @@ class Engine:
     def __init__(self, schemas: SchemaStore | None = None, properties: dict[str, str] | None = None, variables: dict[str, str] | None = None):
         self.schemas = schemas
         self.properties: dict[str, str] = dict(properties or {})
+        self._default_properties = dict(self.properties)
         self.variables: dict[str, str] = {k.lower(): v for k, v in (variables or {}).items()}
         self.sources: dict[str, DataSource] = {}
         self.queries: dict[str, PersistentQuery] = {}
@@ -123,6 +124,8 @@ class Engine:
             return self._show(statement)
         if isinstance(statement, ast.Describe):
             return self._describe(statement)
+        if isinstance(statement, ast.Explain):
+            return self._explain(statement)
         if isinstance(statement, ast.Terminate):
             return self._terminate(statement)
         raise KsqlError(f"Unsupported statement at {statement.position}: {text}")
@@ -137,6 +140,15 @@ class Engine:
                 # e.g. `ksql apply --define` with another window: IF NOT EXISTS keeps the old one, silently in ksqlDB
                 message += (f" It was created by a different statement, which stays in force: DROP "
                             f"{existing.kind} {name}; first to replace it.")
+            elif existing.written_by in self.queries:
+                # the same statement with other properties, e.g. without wall-clock closing: that too stays
+                query = self.queries[existing.written_by]
+                requested = query_settings(query.plan, self.properties)
+                changed = [f"{key} = {value} (this request: {requested[key]})"
+                           for key, value in query.settings.items() if requested.get(key) != value]
+                if changed:
+                    message += (f" Its query runs with {', '.join(changed)}, which stays in force: DROP "
+                                f"{existing.kind} {name}; first to change it.")
             return StatementResult("", message)
         if or_replace and existing.kind == kind:
             return None
@@ -180,6 +192,8 @@ class Engine:
         # a replaced query keeps its state, as ksqlDB's CREATE OR REPLACE does for compatible changes
         old = self.queries.get(query_id)
         query = PersistentQuery(plan, self._serdes[plan.sink.name], self.properties)
+        # what EXPLAIN shows as overriddenProperties: the properties set for it beyond the engine's own
+        query.overridden_properties = {k: v for k, v in self.properties.items() if self._default_properties.get(k) != v}
         if old is not None:
             query.stores = old.stores
         self.queries[query_id] = query
@@ -234,6 +248,24 @@ class Engine:
         if source.written_by and source.written_by in self.queries:
             info += f"\nWritten by: {source.written_by}\nPlan: {self.queries[source.written_by].plan.describe()}"
         return StatementResult(statement.text, info, rows)
+
+    def _explain(self, statement: ast.Explain) -> StatementResult:
+        """A running query: its statement, sources, sink and the properties it was created with (one row)."""
+        query = next((q for q in self.queries.values() if q.query_id.upper() == statement.query_id.upper()), None)
+        if query is None:
+            raise KsqlError(f"Query with id:{statement.query_id} does not exist, use SHOW QUERIES to view the full set of queries.")
+        plan = query.plan
+        row = {
+            "id": query.query_id,
+            "statement": plan.sink.statement,
+            "sources": [plan.source.name] + ([plan.join.table.name] if plan.join else []),
+            "sink": plan.sink.name,
+            "window": plan.sink.window.kind if plan.sink.window else None,
+            "state": query.status,
+            "overridden_properties": dict(query.overridden_properties),
+            "plan": plan.describe(),
+        }
+        return StatementResult(statement.text, f"Query {query.query_id}: {plan.describe()}", [row])
 
     def _terminate(self, statement: ast.Terminate) -> StatementResult:
         if statement.query_id == "ALL":

@@ -70,6 +70,22 @@ def _description(entity: dict) -> Iterator[str]:
             yield f"{heading}: " + ", ".join(f"{q.get('id')} ({q.get('state', '')})" for q in queries)
 
 
+def _query_description(entity: dict) -> Iterator[str]:
+    query = entity.get("queryDescription") or {}
+    yield f"ID                   : {query.get('id', '')}"
+    yield f"Query type           : {query.get('queryType', '')}"
+    yield f"SQL                  : {' '.join(str(query.get('statementText', '')).split())}"
+    yield f"Sources              : {', '.join(query.get('sources') or [])}"
+    yield f"Sinks                : {', '.join(query.get('sinks') or [])}"
+    if query.get("state"):
+        yield f"State                : {query['state']}"
+    if query.get("executionPlan"):
+        yield f"Execution plan       : {' '.join(str(query['executionPlan']).split())}"
+    overridden = query.get("overriddenProperties") or {}
+    yield "Overridden properties:"
+    yield from _table(["Property", "Value"], [[str(k), str(v)] for k, v in sorted(overridden.items())])
+
+
 def _field_type(field: dict) -> str:
     text = _type_text(field.get("schema") or {})
     if field.get("type") == "PRIMARY_KEY":
@@ -117,5 +133,6 @@ _SHOWN_BY = {
     "queries": _queries,
     "kafka_topics": _topics,
     "sourceDescription": _description,
+    "queryDescription": _query_description,
     "properties": _properties,
 }

@@ -78,6 +78,20 @@ class Serdes:
     value: ValueFormat
 
 
+def query_settings(plan: QueryPlan, properties: dict[str, str]) -> dict[str, str]:
+    """The properties that change what this query emits, with the values it would run with under `properties`.
+
+    Wall-clock closing for EMIT FINAL, the record cache for other aggregations; none for projections. A
+    CREATE ... IF NOT EXISTS of a running query compares them, since it keeps the running query's.
+    """
+    agg = plan.aggregation
+    if agg is None:
+        return {}
+    if agg.emit_final:
+        return {EMIT_FINAL_WALL_CLOCK: "true" if str(properties.get(EMIT_FINAL_WALL_CLOCK, "false")).lower() == "true" else "false"}
+    return {CACHE_BYTES: str(max(_int(properties.get(CACHE_BYTES, "0")), 0))}
+
+
 def _truthy(fn, row) -> bool:
     return evaluate_safely(fn, row) is True
 
@@ -100,6 +114,8 @@ class PersistentQuery:
         self.metrics = QueryMetrics()
         self.wall_clock_close = str(properties.get(EMIT_FINAL_WALL_CLOCK, "false")).lower() == "true"
         self.caching = _int(properties.get(CACHE_BYTES, "0")) > 0 and bool(plan.aggregation) and not plan.aggregation.emit_final
+        self.settings = query_settings(plan, properties)
+        self.overridden_properties: dict[str, str] = {}  # set by the engine (EXPLAIN shows them)
         # record cache: (store key, window start) -> (key, value, timestamp, window start, state to compute the value from, or None)
         self._cache: dict[tuple, tuple] = {}
         self.status = "RUNNING"

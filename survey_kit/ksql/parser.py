@@ -467,6 +467,9 @@ class _ToAst(Transformer):
     def describe(self, name, *extended):
         return ast.Describe(name, bool(extended))
 
+    def explain(self, query_id):
+        return ast.Explain(query_id)
+
     def terminate(self, target):
         return ast.Terminate("ALL" if isinstance(target, Token) else target)
 

@@ -110,6 +110,28 @@ def _source_entity(runtime: EngineRuntime, name: str) -> dict:
     }
 
 
+def _query_description(runtime: EngineRuntime, row: dict) -> dict:
+    """ksqlDB's QueryDescription of one query (EXPLAIN <query id>): the fields a client reads."""
+    sink = runtime.engine.sources.get(row["sink"])
+    fields = ([_field(c, "KEY") for c in sink.key_columns] + [_field(c, None) for c in sink.value_columns]) if sink else []
+    return {
+        "id": row["id"],
+        "statementText": row["statement"],
+        "windowType": row["window"],
+        "fields": fields,
+        "sources": row["sources"],
+        "sinks": [row["sink"]],
+        "topology": "",
+        "executionPlan": row["plan"],
+        "overriddenProperties": row["overridden_properties"],
+        "ksqlHostQueryStatus": {},
+        "queryType": "PERSISTENT",
+        "queryErrors": [],
+        "tasksMetadata": [],
+        "state": row["state"],
+    }
+
+
 def entity(runtime: EngineRuntime, statement: ast.Statement, result: StatementResult, sequence: int) -> dict:
     """The ksqlDB REST entity for one executed statement."""
     text = result.statement or statement.text
@@ -144,6 +166,8 @@ def entity(runtime: EngineRuntime, statement: ast.Statement, result: StatementRe
         return {"@type": "kafka_topics", "statementText": text, "topics": [{"name": r["topic"], "replicaInfo": [1]} for r in result.rows], "warnings": []}
     if isinstance(statement, ast.Describe):
         return {"@type": "sourceDescription", "statementText": text, "sourceDescription": _source_entity(runtime, statement.name), "warnings": []}
+    if isinstance(statement, ast.Explain):
+        return {"@type": "queryDescription", "statementText": text, "queryDescription": _query_description(runtime, result.rows[0]), "warnings": []}
     if isinstance(statement, (ast.CreateSource, ast.CreateAsSelect)):
         command_id = f"{statement.kind.lower()}/`{statement.name}`/create"
     elif isinstance(statement, ast.Drop):
