@@ -138,7 +138,7 @@ def build_parser() -> argparse.ArgumentParser:
                        help="a property for the queries created (as ksqlDB's SET), e.g. survey_kit.emit.final.wall.clock=true")
     apply.set_defaults(func=_ksql_apply)
     run = ksql_commands.add_parser("run", help="run statements on ksqlDB or the embedded engine and show the answers "
-                                               "(SHOW QUERIES; DESCRIBE ...; DROP ...; TERMINATE ...)")
+                                               "(SHOW QUERIES; DESCRIBE ...; EXPLAIN ...; DROP ...; TERMINATE ...)")
     run.add_argument("statements", metavar="STATEMENTS", help="semicolon-terminated statements, or - to read them from stdin")
     run.add_argument("--define", action="append", default=[], metavar="NAME=VALUE", help="a variable for ${NAME} in the statements")
     run.add_argument("--set", action="append", default=[], metavar="NAME=VALUE", dest="properties",
