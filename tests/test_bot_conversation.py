@@ -6,6 +6,7 @@ from __future__ import annotations
 from dataclasses import replace
 
 import pytest
+from confluent_kafka import Message
 
 from survey_kit.bot import texts
 from survey_kit.bot.app import BotThread, build_application
@@ -316,6 +317,33 @@ def test_results_are_computed_from_entries_when_there_are_no_live_results(run_bo
     ]
     tg.send_text(5, "/results 7")
     expect(tg, 5, texts.no_such_survey("7"))
+
+
+def test_results_asked_while_the_live_results_are_read_wait_for_them(run_bot, tg):
+    # right after a start the bot may have read the entries but not yet survey-results-live: it waits for
+    # them instead of answering "no live results yet"
+    bot = run_bot(ready_wait=3)
+    board = bot.services.results
+    board.ready.clear()
+    bot.ledger.record("1", "1", "Apple Pie")
+    tg.send_text(5, "/results")
+    with pytest.raises(NoReply):
+        tg.wait_for_reply(5, timeout=0.5)
+    board.apply_record(Message(topic="survey-results-live", key=b"1"), {"QUESTION": PIE.question, "RESULTS": {"Pecan Pie": 3}})
+    board.ready.set()
+    reply = tg.wait_for_reply(5)
+    assert reply.text.splitlines()[0] == 'Results for "Thanksgiving Pie" (live, from survey-results-live):'
+    assert "3 answers in total." in reply.text
+
+
+def test_results_that_cannot_be_read_are_waited_for_once_then_computed(run_bot, tg):
+    bot = run_bot(ready_wait=1)
+    bot.services.results.ready.clear()  # never read: no pipeline writes survey-results-live
+    tg.send_text(5, "/results")
+    assert "(computed from survey-entries: no live results yet)" in tg.wait_for_reply(5).text
+    bot.services.ready_wait = 600  # were it waited for again, no answer would come in time
+    tg.send_text(5, "/results")
+    assert "(computed from survey-entries" in tg.wait_for_reply(5, timeout=15).text
 
 
 def test_subscribe_and_unsubscribe(run_bot, tg):

@@ -3,6 +3,8 @@ answers to anything else (unknown commands, stray texts, edits)."""
 
 from __future__ import annotations
 
+import asyncio
+
 from telegram import ReplyKeyboardRemove, Update
 from telegram.ext import BaseHandler, ContextTypes, MessageHandler, filters
 
@@ -35,6 +37,9 @@ async def results(update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
         surveys = svc.catalog.enabled()
     if not surveys:
         await update.message.reply_text(texts.NO_SURVEY)
+        return
+    # right after a start the live results may still be being read: the computed ones would say "no live results"
+    await asyncio.to_thread(svc.results.wait_until_read, svc.ready_wait)
     for survey in surveys:
         await update.message.reply_text(svc.results.text(survey))
 

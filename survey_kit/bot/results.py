@@ -103,12 +103,32 @@ COMPUTED = "computed from survey-entries: no live results yet"
 
 
 class ResultsBoard:
-    """What /results shows: the live histogram, or else one computed from the entries the bot has read."""
+    """What /results shows: the live histogram, or else one computed from the entries the bot has read.
+
+    `ready` is set once survey-results-live has been read (at once for a board that does not follow it).
+    """
 
     def __init__(self, ledger: EntryLedger):
         self.ledger = ledger
         self._live: dict[str, SurveyResult] = {}
         self._lock = threading.Lock()
+        self.ready = threading.Event()
+        self.ready.set()
+        self._gave_up = False
+
+    def wait_until_read(self, timeout: float) -> bool:
+        """Wait up to `timeout` s for survey-results-live to be read; False if it was not.
+
+        Waited for once: a topic that cannot be read then (no pipeline writes it, Kafka is down) is not
+        waited for again, and the results are computed from the entries meanwhile.
+        """
+        if self.ready.is_set():
+            return True
+        if self._gave_up:
+            return False
+        read = self.ready.wait(timeout)
+        self._gave_up = not read
+        return read
 
     def apply_record(self, message: Message, value: Mapping[str, Any] | None) -> None:
         result = parse_result(message.key(), value)
@@ -127,4 +147,8 @@ class ResultsBoard:
         return format_results(survey, self.ledger.counts(survey.survey_id), COMPUTED)
 
     def follow(self, cluster: Cluster) -> TopicFollower:
-        return TopicFollower(cluster, cluster.topics.results_live, self.apply_record).start()
+        """Start reading survey-results-live; `ready` is set once the whole topic has been read."""
+        follower = TopicFollower(cluster, cluster.topics.results_live, self.apply_record)
+        self.ready = follower.caught_up
+        self._gave_up = False
+        return follower.start()

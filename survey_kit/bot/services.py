@@ -33,6 +33,8 @@ class SurveysAdmin(Protocol):
 
 
 class ResultsSource(Protocol):
+    def wait_until_read(self, timeout: float) -> bool: ...
+
     def text(self, survey: Survey) -> str: ...
 
 
