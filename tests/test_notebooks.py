@@ -217,6 +217,25 @@ def test_workshop_on_a_pipeline_with_long_windows_ends_and_says_when_they_close(
     assert closes == datetime.fromtimestamp(last_start / 1000, UTC) + timedelta(hours=48, minutes=10)
 
 
+def test_workshop_on_a_pipeline_closing_by_stream_time_says_so(workshop, reports):
+    # the final results were applied before without wall-clock closing (`survey-kit ksql apply` does so):
+    # IF NOT EXISTS keeps that, and the workshop says what closes the window instead of waiting for it
+    from survey_kit.ksql.apply import apply_pipeline, closes_by_wall_clock, ksql_client
+
+    cluster = connect()
+    with ksql_client(cluster) as ksql:
+        ksql.execute("DROP TABLE survey_results_final;")
+        apply_pipeline(ksql, overrides={"results_window_size": "48 HOURS", "results_window_grace": "10 MINUTES"})
+    assert closes_by_wall_clock(cluster) is False
+    run_dir = run_notebook("workshop", {"respondents": 5, "duration_s": 60, "window_size": "48 HOURS",
+                                        "grace": "10 MINUTES", "final_wait_s": 120}, reports)
+    printed = " ".join(_printed(run_dir / "01_workshop.ipynb").split())
+    assert ("Its query runs with survey_kit.emit.final.wall.clock = false (this request: true), which stays in "
+            "force: DROP TABLE SURVEY_RESULTS_FINAL; first to change it.") in printed
+    assert " window(s) not closed yet: the last closes when an entry at or after " in printed
+    assert "UTC arrives (the pipeline closes windows by stream time only)" in printed
+
+
 def _printed(notebook_path) -> str:
     import nbformat
 
