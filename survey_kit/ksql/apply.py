@@ -27,10 +27,10 @@ from survey_kit.cluster import Cluster
 from survey_kit.schemas import load_schema
 
 from . import ast
+from .operators import EMIT_FINAL_WALL_CLOCK
 from .parser import parse_statement, split_statements
 from .pipeline import PIPELINE_DIR, read_pipeline
 from .planner import _parse_duration_text
-from .operators import EMIT_FINAL_WALL_CLOCK
 from .rest import KsqlRestClient, KsqlServerError
 from .types import KsqlError
 

@@ -251,10 +251,12 @@ class Engine:
 
     def _explain(self, statement: ast.Explain) -> StatementResult:
         """A running query: its statement, sources, sink and the properties it was created with (one row)."""
-        query = next((q for q in self.queries.values() if q.query_id.upper() == statement.query_id.upper()), None)
-        if query is None:
+        ids = self._query_ids(statement.query_id)
+        if not ids:
             raise KsqlError(f"Query with id:{statement.query_id} does not exist, use SHOW QUERIES to view the full set of queries.")
+        query = self.queries[ids[0]]
         plan = query.plan
+        described = plan.describe()
         row = {
             "id": query.query_id,
             "statement": plan.sink.statement,
@@ -263,15 +265,19 @@ class Engine:
             "window": plan.sink.window.kind if plan.sink.window else None,
             "state": query.status,
             "overridden_properties": dict(query.overridden_properties),
-            "plan": plan.describe(),
+            "plan": described,
         }
-        return StatementResult(statement.text, f"Query {query.query_id}: {plan.describe()}", [row])
+        return StatementResult(statement.text, f"Query {query.query_id}: {described}", [row])
+
+    def _query_ids(self, query_id: str) -> list[str]:
+        """The running query of that id (ids are case-insensitive), or none."""
+        return [q for q in self.queries if q.upper() == query_id.upper()]
 
     def _terminate(self, statement: ast.Terminate) -> StatementResult:
         if statement.query_id == "ALL":
             ids = list(self.queries)
         else:
-            ids = [q for q in self.queries if q.upper() == statement.query_id.upper()]
+            ids = self._query_ids(statement.query_id)
             if not ids:
                 raise KsqlError(f"Unknown queryId: {statement.query_id}")
         for query_id in ids:

@@ -112,9 +112,9 @@ class PersistentQuery:
         self.sink_serdes = sink_serdes
         self.stores = Stores()
         self.metrics = QueryMetrics()
-        self.wall_clock_close = str(properties.get(EMIT_FINAL_WALL_CLOCK, "false")).lower() == "true"
-        self.caching = _int(properties.get(CACHE_BYTES, "0")) > 0 and bool(plan.aggregation) and not plan.aggregation.emit_final
         self.settings = query_settings(plan, properties)
+        self.wall_clock_close = self.settings.get(EMIT_FINAL_WALL_CLOCK) == "true"  # EMIT FINAL only
+        self.caching = int(self.settings.get(CACHE_BYTES, "0")) > 0  # other aggregations only
         self.overridden_properties: dict[str, str] = {}  # set by the engine (EXPLAIN shows them)
         # record cache: (store key, window start) -> (key, value, timestamp, window start, state to compute the value from, or None)
         self._cache: dict[tuple, tuple] = {}
