@@ -3,6 +3,7 @@ Application; Kafka is replaced by in-memory services here (tests/test_bot_kafka.
 
 from __future__ import annotations
 
+import asyncio
 from dataclasses import replace
 
 import pytest
@@ -49,6 +50,7 @@ class Bot:
     def __init__(self, tmp_path, surveys, kafka_up=True, read=True, ready_wait=10.0):
         self.entries: list[dict] = []
         self.kafka_up = kafka_up
+        self.delivery_delay = 0.0  # seconds Kafka takes to acknowledge
         self.catalog = SurveyCatalog(surveys)
         self.ledger = EntryLedger()
         self.ledger.ready.set()
@@ -57,6 +59,7 @@ class Bot:
             self.ledger.ready.clear()
 
         async def deliver(entry: dict) -> bool:
+            await asyncio.sleep(self.delivery_delay)
             self.entries.append(entry)
             return self.kafka_up
 
@@ -410,3 +413,42 @@ def test_the_bot_answers_nothing_twice(run_bot, tg):
     tg.wait_for_reply(5)
     with pytest.raises(NoReply):
         tg.wait_for_reply(5, timeout=0.3)
+
+
+def test_messages_sent_without_waiting_for_replies_are_answered_in_order(run_bot, tg):
+    # A respondent typing ahead (or a client replaying queued messages) must get the same conversation
+    # as one who waits: each message is handled in the state the previous one left. Sent before the bot
+    # starts, they reach it in one getUpdates answer, so it has them all at once.
+    for text in ["/survey", "Ada", "Confluent", "Berlin", "Apple Pie", "/y"]:
+        tg.send_text(5, text, first_name="Ada")
+    bot = run_bot()
+    expect(tg, 5, texts.ask_name(PIE.question))
+    expect(tg, 5, texts.ASK_COMPANY)
+    expect(tg, 5, texts.ASK_LOCATION)
+    expect(tg, 5, PIE.question)
+    expect(tg, 5, texts.summary("Thanksgiving Pie", "Ada", "Confluent", "Berlin", "Apple Pie"))
+    expect(tg, 5, texts.SENT)
+    assert [entry["response"] for entry in bot.entries] == ["Apple Pie"]
+
+
+def test_a_double_tapped_y_sends_one_entry(run_bot, tg):
+    bot = run_bot()
+    answer_pie(tg, 5)
+    bot.delivery_delay = 0.5  # the second /y arrives while the first one's entry is being sent
+    tg.send_text(5, "/y")
+    tg.send_text(5, "/y")
+    expect(tg, 5, texts.SENT)
+    expect(tg, 5, texts.unknown_command("/y"))  # the conversation had ended: no second entry
+    assert len(bot.entries) == 1 and bot.services.counters.confirmed == 1
+
+
+def test_other_chats_are_answered_while_one_chat_waits_for_kafka(run_bot, tg):
+    # Serializing a chat's updates must not serialize the bot: a slow delivery holds only its own chat.
+    bot = run_bot()
+    answer_pie(tg, 5)
+    bot.delivery_delay = 3.0
+    tg.send_text(5, "/y")
+    tg.send_text(6, "/help")
+    assert expect(tg, 6, texts.HELP)
+    assert not bot.entries  # chat 5's delivery is still going on
+    expect(tg, 5, texts.SENT)

@@ -21,6 +21,7 @@ from . import texts
 from .admin import admin_handlers, new_survey_conversation
 from .commands import catch_all_handlers, standalone_handlers
 from .conversation import survey_conversation
+from .ordering import OneUpdatePerChat
 from .ratelimit import RetryAfterWaits
 from .services import SERVICES_KEY, BotServices
 
@@ -59,8 +60,8 @@ async def _register_commands(app: Application) -> None:
 
 def build_application(services: BotServices, token: str, base_url: str | None = None) -> Application:
     """The bot's Application: the admin conversation, the survey conversation, then plain commands."""
-    builder = (Application.builder().token(token).concurrent_updates(16).rate_limiter(RetryAfterWaits())
-               .post_init(_register_commands))
+    builder = (Application.builder().token(token).concurrent_updates(OneUpdatePerChat(16))
+               .rate_limiter(RetryAfterWaits()).post_init(_register_commands))
     if base_url:
         builder = builder.base_url(base_url)
     app = builder.build()
