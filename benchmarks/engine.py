@@ -219,8 +219,10 @@ class EngineServer:
         self.log.close()
 
 
-def run_engine(engine: EngineServer, count: int) -> tuple[float, list[float], dict]:
-    """Apply the pipeline, time the engine through the entries; its resident size on the way."""
+def run_engine(engine: EngineServer, count: int) -> tuple[float, list[float], dict, list[tuple[float, float]], dict[int, float]]:
+    """Apply the pipeline, time the engine through the entries; its resident size on the way; when each worker
+    processed its first record and its last (seconds after the clock started, to 0.2 s); the share of a core
+    each of its processes used meanwhile."""
     with KsqlRestClient(engine.url) as client:  # the pipeline in one request, as `survey-kit ksql apply` sends it
         client.execute("\n".join(script.text for script in read_pipeline(KSQL_DIR)))
     samples = []
@@ -229,14 +231,27 @@ def run_engine(engine: EngineServer, count: int) -> tuple[float, list[float], di
     while max(w["records_in"] for w in engine.status().get("workers", [engine.status()])) == 0:
         time.sleep(0.01)
     started = time.perf_counter()
+    cpu_before = {pid: cpu_seconds(pid) for pid in engine.processes()}
     next_sample = count / 4
+    first: dict[int, float] = {}
+    last: dict[int, float] = {}
     while True:
         status = engine.status()
+        now = time.perf_counter() - started
+        workers = status.get("workers", [status])
+        for i, worker in enumerate(workers):
+            if worker["records_in"]:
+                first.setdefault(i, now)
+            if worker["records_in"] >= _expected_records(worker, count):
+                last.setdefault(i, now)
         if status["records_in"] >= next_sample:
             samples.append(engine.rss_mb())
             next_sample += count / 4
-        if status["uncommitted"] == 0 and all(w["records_in"] >= _expected_records(w, count) for w in status.get("workers", [status])):
-            return count / (time.perf_counter() - started), samples, status
+        if status["uncommitted"] == 0 and len(last) == len(workers):
+            elapsed = time.perf_counter() - started
+            timeline = [(first[i], last[i]) for i in range(len(workers))]
+            cpu = {pid: (cpu_seconds(pid) - before) / elapsed for pid, before in cpu_before.items()}
+            return count / elapsed, samples, status, timeline, cpu
         time.sleep(0.2)
 
 
@@ -352,11 +367,17 @@ def main(argv: list[str] | None = None) -> int:
         engine = EngineServer(stack, stack.data_dir / "engine", args.commit_interval_ms, args.workers)
         try:
             before = engine.rss_mb()
-            engine_rate, samples, status = run_engine(engine, args.entries)
+            broker_before, phase_started = cpu_seconds(stack.records["broker"].pid), time.monotonic()
+            engine_rate, samples, status, timeline, cpu = run_engine(engine, args.entries)
+            broker_share = (cpu_seconds(stack.records["broker"].pid) - broker_before) / (time.monotonic() - phase_started)
             workers = status.get("workers", [status])
             print(f"  {engine_rate:,.0f} entries/s = {engine_rate / ceiling_rate:.0%} of the ceiling; "
                   f"{status['records_out']:,} records out, {status['commits']:,} commits; "
                   f"{len(workers)} worker process(es) running " + " + ".join(str(w["queries"]) for w in workers) + " queries")
+            # a worker that starts late (it learns the queries from the command topic) holds up the whole run
+            print("  " + "; ".join(f"worker {i}: first record at {a:.1f} s, all at {b:.1f} s" for i, (a, b) in enumerate(timeline)))
+            print("  share of a core: engine processes " + " / ".join(f"{share:.0%}" for share in cpu.values())
+                  + f" (the server, which is worker 0, first), the broker {broker_share:.0%}")
             print(f"  engine resident MB ({len(engine.processes())} processes): {before:.0f} started, at 25/50/75/100% of the entries: "
                   + " / ".join(f"{s:.0f}" for s in samples))
             print(f"latency: entry -> live histogram readable, 1,000 entries/s for {args.latency_seconds:.0f} s ...", flush=True)
