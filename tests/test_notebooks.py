@@ -71,6 +71,12 @@ def test_workshop_sends_entries_through_the_pipeline(workshop):
     assert (workshop / "01_workshop.ipynb").is_file()
 
 
+def test_workshop_shows_the_bot_ready_with_the_survey_open(workshop):
+    # the status right after the start is the attendee's sign that /survey will be answered
+    shown = _displayed(workshop / "01_workshop.ipynb")
+    assert "'ready': True" in shown and "'surveys_open': ['1']" in shown
+
+
 def test_clean_run_streamed_and_recomputed_agree_exactly(workshop, reports):
     run_dir = run_notebook("live_vs_windowed", {"survey_id": "1", **WINDOWS}, reports)
     document = comparison_of(run_dir)
@@ -242,6 +248,14 @@ def _printed(notebook_path) -> str:
     notebook = nbformat.read(notebook_path, as_version=4)
     return "".join(output.get("text", "") for cell in notebook.cells if cell.cell_type == "code"
                    for output in cell.get("outputs", []) if output.get("output_type") == "stream")
+
+
+def _displayed(notebook_path) -> str:
+    import nbformat
+
+    notebook = nbformat.read(notebook_path, as_version=4)
+    return "".join(output.get("data", {}).get("text/plain", "") for cell in notebook.cells if cell.cell_type == "code"
+                   for output in cell.get("outputs", []) if output.get("output_type") == "execute_result")
 
 
 def test_notebooks_are_committed_without_outputs():
