@@ -29,6 +29,37 @@ def test_a_syntax_error_names_the_line_and_column():
         engine.execute("-- comment line\nCREATE STREAM x AS SELECT name FROM users\n  QUALIFY city;")
 
 
+PARSE_IN_A_NEW_PROCESS = (
+    "from survey_kit.ksql.parser import parse_statement, split_statements; "
+    "print(type(parse_statement(split_statements('SHOW STREAMS;')[0])).__name__)"
+)
+
+
+@pytest.mark.parametrize("damage", ["garbage in the cache file", "the cache folder is a file"])
+def test_the_grammar_cache_never_stops_parsing(tmp_path, damage):
+    # every process loads the parser's tables from the user's cache: a damaged one is rebuilt, an unusable
+    # place skipped
+    import os
+    import subprocess
+    import sys
+
+    cache_file = tmp_path / "survey-kit" / "ksql-grammar.lark-cache"
+    if damage == "garbage in the cache file":
+        cache_file.parent.mkdir()
+        cache_file.write_bytes(b"not a lark cache\n\x80\x04garbage")
+        cache_home = tmp_path
+    else:
+        cache_home = tmp_path / "a-file"
+        cache_home.write_text("")
+    env = {**os.environ, "XDG_CACHE_HOME": str(cache_home)}
+    for _ in range(2):  # the second run reads what the first one wrote, if it could write
+        done = subprocess.run([sys.executable, "-c", PARSE_IN_A_NEW_PROCESS], env=env, capture_output=True, text=True, timeout=60)
+        assert done.returncode == 0, done.stderr
+        assert done.stdout.strip() == "Show" and "Traceback" not in done.stderr
+    if damage == "garbage in the cache file":
+        assert not cache_file.read_bytes().startswith(b"not a lark cache")  # rewritten
+
+
 def test_statements_outside_the_subset_are_rejected_with_the_construct_and_position():
     engine = Engine()
     engine.execute(USERS)

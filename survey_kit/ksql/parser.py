@@ -8,10 +8,12 @@ quoted identifiers and comments is respected), then each statement has its
 
 from __future__ import annotations
 
+import os
 import re
 from dataclasses import dataclass
 from functools import lru_cache
 from importlib import resources
+from pathlib import Path
 
 from lark import Lark, Token, Transformer, v_args
 from lark.exceptions import UnexpectedCharacters, UnexpectedEOF, UnexpectedInput, UnexpectedToken, VisitError
@@ -63,7 +65,20 @@ def _splitter() -> Lark:
 @lru_cache(maxsize=1)
 def _parser() -> Lark:
     grammar = resources.files(__package__).joinpath("ksql.lark").read_text()
-    return Lark(grammar, start="statement", parser="lalr", lexer="contextual", propagate_positions=True)
+    # building the LALR tables takes ~0.4 s in every process (each CLI call, engine worker, kernel); lark
+    # caches them, checked against the grammar's hash. In the user's own cache folder, not lark's default
+    # of a predictable name in the shared /tmp: the cache is a pickle, loaded as code.
+    return Lark(grammar, start="statement", parser="lalr", lexer="contextual", propagate_positions=True,
+                cache=_grammar_cache())
+
+
+def _grammar_cache() -> str | bool:
+    folder = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "survey-kit"
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError:
+        return False  # read-only home: build the tables each time
+    return str(folder / "ksql-grammar.lark-cache")
 
 
 def split_statements(script: str) -> list[StatementText]:
