@@ -14,6 +14,7 @@ Modules, along the data path:
     admin         /newsurvey and /closesurvey for the admin chats
     commands      /start /help /results /subscribe /unsubscribe and the catch-alls
     app           the python-telegram-bot Application, and running it in a thread
+    ordering      each chat's updates one at a time, in order; chats concurrently
     services      what the handlers use (catalog, ledger, deliver, ...), wired by runner
     follow        keeping an in-memory table from a topic
     catalog       the surveys, from survey-questions
