@@ -38,6 +38,14 @@ class _LocalKernelManager(AsyncKernelManager):
         kw["env"] = {**kw.get("env", os.environ), **self.kernel_environment}
         await super().start_kernel(**kw)
 
+    async def _async_interrupt_kernel(self) -> None:
+        # jupyter_client sends SIGINT before every shutdown; papermill shuts the kernel down only once its
+        # cells are done, so nothing needs interrupting, and a SIGINT that lands while the kernel handles a
+        # message printed "ERROR | KeyboardInterrupt caught in kernel." in the middle of `make demo`
+        if self.shutting_down:
+            return
+        await super()._async_interrupt_kernel()
+
 
 def _kernel_manager(config: Path | None) -> type[_LocalKernelManager]:
     """The kernel manager for one run: its kernel reads the settings file `config` (None: as its environment says)."""

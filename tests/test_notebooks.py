@@ -268,3 +268,22 @@ def test_notebooks_are_committed_without_outputs():
         assert any("parameters" in cell.metadata.get("tags", []) for cell in notebook.cells), path.name
         for cell in notebook.cells:
             assert not cell.get("outputs") and not cell.get("execution_count"), path.name
+
+
+def test_a_finished_run_shuts_its_kernel_down_without_interrupting_it(tmp_path):
+    """A SIGINT at shutdown made ipykernel log "ERROR | KeyboardInterrupt caught in kernel." into `make demo`."""
+    import nbformat
+    import papermill
+
+    from survey_kit.reports import _kernel_manager
+
+    mark = tmp_path / "interrupted"
+    # the kernel restores this handler after each cell (ipykernel's post_handler_hook), so it is the one
+    # in place while the kernel is idle, when papermill shuts it down
+    cell = ("from pathlib import Path\n"
+            f"get_ipython().kernel.saved_sigint_handler = lambda *_: Path({str(mark)!r}).write_text('SIGINT')\n")
+    notebook = tmp_path / "tiny.ipynb"
+    nbformat.write(nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell(cell)]), notebook)
+    papermill.execute_notebook(str(notebook), str(tmp_path / "out.ipynb"), kernel_name="python3",
+                               progress_bar=False, kernel_manager_class=_kernel_manager(None))
+    assert not mark.exists()
