@@ -132,7 +132,8 @@ class TopicTail:
     not decode are kept in ``errors`` (a list of dicts, as in :func:`errors_frame`); transient Kafka errors
     do not end a tail (the latest is in ``last_error``), fatal ones raise. While the Schema Registry cannot
     be asked, the tail holds the records it could not decode yet, reads nothing new and tries them again at
-    each poll (``last_error`` says why); they come out in order once it answers.
+    each poll (``last_error`` says why); they come out in order once it answers. ``waiting`` puts either
+    trouble in a sentence for a person watching.
     """
 
     def __init__(
@@ -153,6 +154,7 @@ class TopicTail:
         self.batch_size = batch_size
         self.errors: list[dict[str, Any]] = []
         self.last_error: KafkaError | RegistryUnavailable | None = None  # the latest transient error, if any
+        self._kafka_trouble: tuple[float, KafkaError] | None = None  # a Kafka error since the last records, and when
         self._cluster = cluster
         self._windowed = windowed
         self._window_size = window_size
@@ -162,7 +164,8 @@ class TopicTail:
         self._thread: threading.Thread | None = None
         self._lock = threading.Lock()
         partitions = partitions_of(cluster, topic)
-        self._consumer: Consumer | None = Consumer(cluster.consumer_config(**{"enable.partition.eof": True}))
+        # librdkafka hands connection trouble (a broker gone, refused, timing out) to error_cb, not to consume()
+        self._consumer: Consumer | None = Consumer(cluster.consumer_config(**{"enable.partition.eof": True, "error_cb": self._client_error}))
         # Starting "at the end" resolves the end through the listed high watermark, which the embedded
         # broker reports too early; records before each partition's first end-of-partition event are
         # therefore skipped, which is right on any broker.
@@ -193,11 +196,17 @@ class TopicTail:
                         raise KafkaException(error)
                     # Transient (a broker restarting, a connection dropped): librdkafka retries by itself,
                     # and a live view should keep going; the error stays visible here.
-                    self.last_error = error
+                    self._client_error(error)
                     continue
                 if self._from_beginning or message.partition() not in self._before_end:
                     records.append(message)
+            if records:
+                self._kafka_trouble = None
             return self._decode(records)
+
+    def _client_error(self, error: KafkaError) -> None:
+        self.last_error = error
+        self._kafka_trouble = (time.time(), error)
 
     def _decode(self, records: list[Message]) -> pd.DataFrame:
         builder = self._builder()
@@ -215,25 +224,50 @@ class TopicTail:
         return _RowBuilder(self._cluster, self.topic, windowed=self._windowed, window_size=self._window_size,
                            schemas=self._schemas, describe_empty=False)
 
+    @property
+    def waiting(self) -> str | None:
+        """Why no rows may be coming, for a person watching (None: nothing is wrong that the tail knows of).
+
+        While the Schema Registry cannot be asked: that, and how many records are held for it; after a
+        transient Kafka error with no records since: the error and when it came (librdkafka keeps retrying,
+        and a quiet topic gives no sign that it succeeded).
+        """
+        if self._undecoded:
+            return f"{self.last_error}; {len(self._undecoded)} records held until it answers"
+        trouble = self._kafka_trouble
+        if trouble is not None:
+            at, error = trouble
+            return f"Kafka said at {time.strftime('%H:%M:%S', time.gmtime(at))} UTC: {error.str()} (retrying; no records since)"
+        return None
+
     def __iter__(self) -> Iterator[pd.DataFrame]:
         """Non-empty batches until :meth:`stop` is called or ``idle_timeout`` passes without records."""
+        for batch in self._polls():
+            if len(batch):
+                yield batch
+
+    def _polls(self) -> Iterator[pd.DataFrame]:
+        """Every poll's batch, empty ones too, until :meth:`stop` or ``idle_timeout`` without records."""
         idle_since = time.monotonic()
         try:
             while not self._stopped.is_set():
                 batch = self.poll()
                 if len(batch):
                     idle_since = time.monotonic()
-                    yield batch
                 elif self.idle_timeout is not None and time.monotonic() - idle_since >= self.idle_timeout:
                     return
+                yield batch
         finally:
             self.close()
 
-    def start(self, on_rows: Callable[[pd.DataFrame], None], on_error: Callable[[BaseException], None] | None = None) -> TopicTail:
+    def start(self, on_rows: Callable[[pd.DataFrame], None], on_error: Callable[[BaseException], None] | None = None,
+              on_idle: Callable[[], None] | None = None) -> TopicTail:
         """Call ``on_rows(batch)`` for each batch in a background thread until :meth:`stop`.
 
-        An exception (from Kafka or from ``on_rows``) ends the thread; it goes to ``on_error`` if given,
-        else it is kept in ``self.failure``.
+        ``on_idle()``, if given, is called after each poll that gave no rows (at least every
+        ``poll_timeout`` seconds while nothing arrives): a view can show :attr:`waiting` then.
+        An exception (from Kafka, ``on_rows`` or ``on_idle``) ends the thread; it goes to ``on_error`` if
+        given, else it is kept in ``self.failure``.
         """
         if self._thread is not None:
             raise RuntimeError(f"the tail of {self.topic!r} is already running in a thread")
@@ -241,8 +275,11 @@ class TopicTail:
 
         def run() -> None:
             try:
-                for batch in self:
-                    on_rows(batch)
+                for batch in self._polls():
+                    if len(batch):
+                        on_rows(batch)
+                    elif on_idle is not None:
+                        on_idle()
             except BaseException as exc:  # handed to the caller: a thread has nowhere to raise to
                 self.failure = exc
                 if on_error is not None:

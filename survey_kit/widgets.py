@@ -12,6 +12,7 @@ JavaScript comes from vl-convert, not from a CDN, because workshops often have n
 
 from __future__ import annotations
 
+import html
 import threading
 import time
 import altair as alt
@@ -148,7 +149,7 @@ class LiveSurveyView:
         if self._tail is not None:
             return self
         self._tail = tail(self.cluster, self.cluster.topics.entries, from_beginning=True, poll_timeout=0.2)
-        self._tail.start(on_rows=self._on_rows, on_error=self._on_error)
+        self._tail.start(on_rows=self._on_rows, on_error=self._on_error, on_idle=self._update_status)
         self.stop_control.disabled = False
         self._update_status()
         return self
@@ -224,9 +225,13 @@ class LiveSurveyView:
 
     def _update_status(self) -> None:
         entries = self.entries()
-        state = "following survey-entries" if self._tail is not None else "stopped"
+        tail = self._tail
+        state = "following survey-entries" if tail is not None else "stopped"
         last = entries["timestamp"].max() if len(entries) else None
-        self.status.value = f"{state}: {len(entries)} entries received" + (f", the latest at {last:%Y-%m-%d %H:%M:%S} UTC" if last is not None else "")
+        waiting = tail.waiting if tail is not None else None  # why nothing may be arriving
+        self.status.value = (f"{state}: {len(entries)} entries received"
+                             + (f", the latest at {last:%Y-%m-%d %H:%M:%S} UTC" if last is not None else "")
+                             + (f"; {html.escape(waiting)}" if waiting else ""))
 
     def _question(self, survey_id: str | None) -> str:
         if survey_id is None or self._questions.empty:

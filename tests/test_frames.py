@@ -273,6 +273,8 @@ def test_a_registry_that_does_not_answer_is_not_taken_for_malformed_records(regi
             assert len(live.poll()) == 0
         assert isinstance(live.last_error, RegistryUnavailable)
         assert all(len(live.poll()) == 0 for _ in range(3)) and live.errors == []  # held, not dropped
+        assert live.waiting.startswith(f"the Schema Registry at {own_registry.schema_registry_url} did not answer")
+        assert live.waiting.endswith("3 records held until it answers")
         own_registry.start_service("registry")
         batches = []
         deadline = time.monotonic() + 20
@@ -280,7 +282,34 @@ def test_a_registry_that_does_not_answer_is_not_taken_for_malformed_records(regi
             batches.append(live.poll())
         rows = pd.concat(batches)
         assert list(rows["user_id"]) == ["0", "1", "2"] and live.errors == []
+        assert live.waiting is None
     finally:
         live.stop()
     frame = read_topic(dataclasses.replace(registry_cluster), topic, progress=False)
     assert len(frame) == 3 and frame.attrs["error_count"] == 0
+
+
+def test_a_tail_whose_broker_went_away_says_so(tmp_path):
+    from survey_kit.cluster import from_stack
+    from survey_kit.stack import EmbeddedStack
+    from survey_kit.topics import create_topics
+
+    with EmbeddedStack(data_dir=tmp_path / "stack", services=("broker", "registry")) as own:
+        cluster = from_stack(own)
+        create_topics(cluster)
+        topic = cluster.topics.entries
+        produce_entries(cluster, topic, [(entry(0, "Apple Pie"), 1_000, None, None)])
+        live = tail(cluster, topic, from_beginning=True, poll_timeout=0.2)
+        try:
+            deadline = time.monotonic() + 20
+            while not live.caught_up and time.monotonic() < deadline:
+                live.poll()
+            assert live.caught_up and live.waiting is None
+            own.stop_service("broker")
+            deadline = time.monotonic() + 30
+            while live.waiting is None and time.monotonic() < deadline:
+                assert len(live.poll()) == 0
+            assert live.waiting is not None and live.waiting.startswith("Kafka said at ")
+            assert "(retrying; no records since)" in live.waiting
+        finally:
+            live.stop()

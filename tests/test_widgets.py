@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import dataclasses
 import threading
+import time
 import uuid
 
 import altair as alt
@@ -63,3 +65,26 @@ def test_chart_title_states_question_total_and_window(cluster):
     view.run(duration_s=30, until=lambda v: len(v.entries()) >= 2)
     spec = view.chart().to_dict()
     assert spec["title"] == "Which Thanksgiving Pie is your favorite? (2 answers, all time)"
+
+
+def test_the_status_line_says_when_the_view_waits_for_the_schema_registry(registry_cluster, own_registry):
+    create_survey(registry_cluster, PIE)
+    produce_entries(registry_cluster, ["Apple Pie"] * 4)
+    view = LiveSurveyView(dataclasses.replace(registry_cluster), survey_id="1")  # a registry client of its own
+    own_registry.stop_service("registry")
+    view.start()
+    try:
+        deadline = time.monotonic() + 20
+        while "records held" not in view.status.value and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert view.status.value.startswith("following survey-entries: 0 entries received; the Schema Registry at ")
+        assert view.status.value.endswith("4 records held until it answers")
+        own_registry.start_service("registry")
+        deadline = time.monotonic() + 20
+        while len(view.entries()) < 4 and time.monotonic() < deadline:
+            time.sleep(0.1)
+        view.render(force=True)
+        assert len(view.entries()) == 4 and "Schema Registry" not in view.status.value
+    finally:
+        view.stop()
+    assert dict(zip(*view.counts()[["option", "count"]].T.values))["Apple Pie"] == 4
