@@ -10,11 +10,12 @@ runs on the embedded stack and on Confluent Cloud.
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass, field
 from functools import cached_property
 from typing import Any
 
-from confluent_kafka import KafkaError
+from confluent_kafka import KafkaError, KafkaException
 from confluent_kafka.admin import AdminClient
 from confluent_kafka.schema_registry import SchemaRegistryClient
 
@@ -143,6 +144,14 @@ def connect_or_start(settings: Settings | None = None) -> tuple[Cluster, Embedde
         return from_stack(stack, settings), stack
 
 
+REFUSED_FOR_S = 3.0  # how long only refused connections mean nothing listens there (see RequestAdmin.metadata)
+
+
+def _refused(error: KafkaError) -> bool:
+    """A connection refused, or librdkafka's summary that every broker is down (which follows those)."""
+    return error.code() == KafkaError._ALL_BROKERS_DOWN or "Connection refused" in error.str()
+
+
 class RequestAdmin:
     """An AdminClient that does not log connection failures but keeps them for the error message.
 
@@ -160,10 +169,30 @@ class RequestAdmin:
         # log_level 2: librdkafka's critical messages only; its errors still reach error_cb
         self.client = AdminClient(cluster.admin_config(error_cb=self._errors.append, log_level=2))
 
+    def metadata(self, timeout: float, refused_for: float = REFUSED_FOR_S):
+        """The cluster's metadata (`list_topics`), within `timeout` s; KafkaException if there is none.
+
+        Gives up after `refused_for` s when every attempt so far was refused: nothing listens at that
+        address (a stack not started, a wrong port), and waiting the whole timeout would not change that.
+        """
+        deadline = time.monotonic() + timeout
+        refused_since = None
+        while True:
+            try:
+                return self.client.list_topics(timeout=min(0.5, max(0.01, deadline - time.monotonic())))
+            except KafkaException:
+                now = time.monotonic()
+                self.client.poll(0)  # serves error_cb
+                if self._errors and all(_refused(e) for e in self._errors):
+                    refused_since = refused_since or now
+                if now >= deadline or (refused_since is not None and now - refused_since >= refused_for):
+                    raise
+
     def reason(self) -> str:
         """The last error the client met other than "all brokers are down", as '; last: ...', or ''."""
         self.client.poll(0)  # error_cb is served by poll()
         errors = [e for e in self._errors if e.code() != KafkaError._ALL_BROKERS_DOWN]
         if not errors:
             return ""
-        return f"; last: {errors[-1].str()}"
+        hint = " (nothing listens there: is the broker running, and is kafka.bootstrap.servers right?)" if all(map(_refused, errors)) else ""
+        return f"; last: {errors[-1].str()}{hint}"

@@ -29,7 +29,7 @@ def partitions_of(cluster: Cluster, topic: str, timeout: float = 10.0) -> list[i
     """The partition numbers of ``topic``; raises TopicMissing if there is no such topic."""
     admin = cluster.request_admin()
     try:
-        metadata = admin.client.list_topics(topic=None, timeout=timeout)
+        metadata = admin.metadata(timeout)
     except KafkaException as exc:
         raise ConnectionError(f"cannot reach Kafka at {cluster.bootstrap_servers}: {exc.args[0].str()}"
                               f"{admin.reason()}") from None

@@ -43,6 +43,10 @@ def create_topics(cluster: Cluster, timeout: float = 15.0) -> list[TopicReport]:
     """Create the survey topics that do not exist yet and report on all of them."""
     requests = cluster.request_admin()
     admin = requests.client
+    try:
+        requests.metadata(timeout)  # a broker that refuses connections is reported in seconds, not after the timeout
+    except KafkaException as exc:
+        raise ConnectionError(f"cannot create topics on {cluster.bootstrap_servers}: {exc.args[0].str()}{requests.reason()}") from None
     partitions = cluster.settings.partitions
     # Replication: one copy on the embedded broker; the cluster's default elsewhere (3 on Confluent Cloud).
     replication = 1 if cluster.embedded else -1

@@ -74,3 +74,22 @@ def test_an_id_used_for_another_question_is_rejected(cluster):
 def test_disabling_an_unknown_survey_says_so(cluster):
     with pytest.raises(SurveyError, match="no survey '9'"):
         disable_survey(cluster, "9")
+
+
+def test_a_broker_address_where_nothing_listens_is_reported_without_waiting_out_the_timeout():
+    import re
+    import time
+
+    from survey_kit.cluster import Cluster
+    from survey_kit.consume import partitions_of
+
+    nowhere = Cluster("127.0.0.1:1", "http://127.0.0.1:1")  # every connection refused at once
+    for attempt, message in ((lambda: create_topics(nowhere, timeout=120), "cannot create topics on 127.0.0.1:1: "),
+                             (lambda: partitions_of(nowhere, "survey-entries", timeout=120), "cannot reach Kafka at 127.0.0.1:1: ")):
+        started = time.monotonic()
+        with pytest.raises(ConnectionError) as raised:
+            attempt()
+        assert time.monotonic() - started < 60  # gave up on the refusals, not at the 120 s timeout
+        assert str(raised.value).startswith(message)
+        assert re.search(r"Connection refused \(after \d+ms in state CONNECT\) \(nothing listens there: "
+                         r"is the broker running, and is kafka.bootstrap.servers right\?\)$", str(raised.value))
