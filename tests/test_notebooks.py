@@ -77,6 +77,15 @@ def test_workshop_shows_the_bot_ready_with_the_survey_open(workshop):
     assert "'ready': True" in shown and "'surveys_open': ['1']" in shown
 
 
+def test_workshop_offers_a_chat_to_take_the_survey_yourself(workshop):
+    import nbformat
+
+    notebook = nbformat.read(workshop / "01_workshop.ipynb", as_version=4)
+    (cell,) = [c for c in notebook.cells if c.cell_type == "code" and "ChatView(" in c.source]
+    (shown,) = [o for o in cell.outputs if o.get("output_type") == "display_data"]
+    assert "application/vnd.jupyter.widget-view+json" in shown["data"]  # the widget, drawn by JupyterLab
+
+
 def test_clean_run_streamed_and_recomputed_agree_exactly(workshop, reports):
     run_dir = run_notebook("live_vs_windowed", {"survey_id": "1", **WINDOWS}, reports)
     document = comparison_of(run_dir)
