@@ -46,7 +46,7 @@ from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, f
 DEFAULT_CONFIG_FILE = "survey-kit.yaml"
 ENV_PREFIX = "SURVEY_KIT_"
 # Variables of ours that are not settings.
-_NON_SETTING_ENV = {"SURVEY_KIT_CONFIG", "SURVEY_KIT_HOME"}
+_NON_SETTING_ENV = {"SURVEY_KIT_CONFIG", "SURVEY_KIT_HOME", "SURVEY_KIT_HEADLESS"}  # HEADLESS: survey_kit.widgets
 # librdkafka properties whose values are secrets.
 _SECRET_WORDS = ("password", "secret", "token")
 

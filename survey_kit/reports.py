@@ -21,6 +21,8 @@ import yaml
 from jupyter_client.manager import AsyncKernelManager
 from papermill import PapermillExecutionError
 
+from .widgets import HEADLESS
+
 NOTEBOOKS = Path(__file__).resolve().parent.parent / "notebooks"
 
 
@@ -48,10 +50,12 @@ class _LocalKernelManager(AsyncKernelManager):
 
 
 def _kernel_manager(config: Path | None) -> type[_LocalKernelManager]:
-    """The kernel manager for one run: its kernel reads the settings file `config` (None: as its environment says)."""
-    if config is None:
-        return _LocalKernelManager
-    return type("_ConfiguredKernelManager", (_LocalKernelManager,), {"kernel_environment": {"SURVEY_KIT_CONFIG": str(config)}})
+    """The kernel manager for one run: its kernel reads the settings file `config` (None: as its environment
+    says) and knows it runs headless (its charts are drawn as pictures: `widgets.render_charts_offline`)."""
+    environment = {HEADLESS: "1"}
+    if config is not None:
+        environment["SURVEY_KIT_CONFIG"] = str(config)
+    return type("_RunKernelManager", (_LocalKernelManager,), {"kernel_environment": environment})
 
 
 class NotebookNotFound(LookupError):

@@ -13,8 +13,10 @@ JavaScript comes from vl-convert, not from a CDN, because workshops often have n
 from __future__ import annotations
 
 import html
+import os
 import threading
 import time
+
 import altair as alt
 import ipywidgets as widgets
 import pandas as pd
@@ -26,6 +28,23 @@ from .frames import DurationLike, duration_ms, read_topic, tail
 
 ALL_TIME = "all time"
 _RENDER_INTERVAL_S = 0.5  # redraw at most twice a second however fast entries arrive
+HEADLESS = "SURVEY_KIT_HEADLESS"  # set to 1 in the kernels of headless runs (survey_kit.reports)
+
+
+def render_charts_offline() -> str:
+    """Make altair draw every chart without internet; returns the renderer's name.
+
+    Altair's default renderer loads vega from a CDN (JupyterLab's own renderer knows Vega-Lite up to 5,
+    altair 6 writes 6), so offline, as at many workshops, a chart shows only "Error loading script".
+    In JupyterLab: "jupyter", interactive (JupyterChart, its JavaScript from vl-convert). In a headless
+    run ($SURVEY_KIT_HEADLESS=1, as `survey-kit report` runs notebooks): "svg", a static picture that
+    stays in the saved notebook (a widget's would be gone with the kernel).
+    """
+    if os.environ.get(HEADLESS) == "1":
+        alt.renderers.enable("svg")
+        return "svg"
+    alt.renderers.enable("jupyter", offline=True)
+    return "jupyter"
 
 
 def survey_chart(counts: pd.DataFrame, title: str = "") -> alt.Chart:

@@ -126,9 +126,38 @@ def test_late_and_out_of_order_entries_are_all_explained(workshop, reports):
     assert sum(row["streamed"] for row in live_rows) == 60
 
 
-def test_explore_notebook_runs(workshop, reports):
+def test_explore_notebook_runs_and_its_charts_stay_in_the_saved_notebook_as_pictures(workshop, reports):
     run_dir = run_notebook("explore", {"survey_id": "1"}, reports)
-    assert (run_dir / "02_explore.ipynb").is_file()
+    charts = _chart_outputs(run_dir / "02_explore.ipynb")
+    # answers, by company, over time (the interactive filter's chart lives in its widget's output)
+    assert len(charts) == 3 and all(set(data) == {"image/svg+xml", "text/plain"} for data in charts)
+    assert all("<svg" in data["image/svg+xml"] for data in charts)
+
+
+def test_every_chart_a_headless_run_saves_draws_without_internet(workshop, reports):
+    # altair's default would write HTML that loads vega from cdn.jsdelivr.net: "Error loading script" offline
+    for run_dir in sorted(reports.iterdir()):
+        for notebook in run_dir.glob("*.ipynb"):
+            outputs = json.dumps([o for cell in json.loads(notebook.read_text())["cells"] for o in cell.get("outputs", [])])
+            assert "cdn.jsdelivr" not in outputs and "<script src=" not in outputs, notebook
+
+
+def test_charts_in_jupyterlab_are_interactive_and_offline(monkeypatch):
+    import altair as alt
+    import pandas as pd
+
+    from survey_kit.widgets import HEADLESS, render_charts_offline, survey_chart
+
+    monkeypatch.delenv(HEADLESS, raising=False)
+    saved = alt.renderers.active
+    try:
+        assert render_charts_offline() == "jupyter"
+        counts = {"option": ["Apple"], "count": [1], "total": [1], "share": [1.0], "ci_low": [0.2], "ci_high": [1.0]}
+        data, _ = survey_chart(pd.DataFrame(counts), "t")._repr_mimebundle_()
+        assert "application/vnd.jupyter.widget-view+json" in data  # a JupyterChart widget
+        assert alt.JupyterChart._is_offline  # its JavaScript is vl-convert's, not a CDN's
+    finally:
+        alt.renderers.enable(saved)
 
 
 def test_report_notebook_writes_html_with_static_charts(workshop, reports):
@@ -257,6 +286,16 @@ def _printed(notebook_path) -> str:
     notebook = nbformat.read(notebook_path, as_version=4)
     return "".join(output.get("text", "") for cell in notebook.cells if cell.cell_type == "code"
                    for output in cell.get("outputs", []) if output.get("output_type") == "stream")
+
+
+def _chart_outputs(notebook_path) -> list[dict]:
+    """The data of each output that is a chart (an SVG picture or an HTML/vega one), in order."""
+    import nbformat
+
+    notebook = nbformat.read(notebook_path, as_version=4)
+    return [output["data"] for cell in notebook.cells if cell.cell_type == "code" for output in cell.get("outputs", [])
+            if output.get("output_type") in ("display_data", "execute_result")
+            and ({"image/svg+xml", "image/png"} & set(output["data"]) or "vega" in output["data"].get("text/html", ""))]
 
 
 def _displayed(notebook_path) -> str:
