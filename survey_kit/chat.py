@@ -101,7 +101,6 @@ class ChatView:
             self.send(text)
         except ConnectionError as exc:
             self.status.value = f"<b>not sent</b>: {html.escape(str(exc))}"
-            self._render()
 
     def _show_keyboard(self, options: list[str]) -> None:
         buttons = []
@@ -112,7 +111,7 @@ class ChatView:
         self.keyboard.children = buttons
 
     def _render(self) -> None:
-        lines = [f"<div style='text-align:{'right' if who == 'you' else 'left'}'><b>{'you' if who == 'you' else 'bot'}</b>: "
+        lines = [f"<div style='text-align:{'right' if who == 'you' else 'left'}'><b>{who}</b>: "
                  f"{html.escape(text).replace(chr(10), '<br>')}</div>" for who, text in self.transcript]
         self.history.value = "".join(lines) or f"<i>a chat with the survey bot, as {html.escape(self.first_name)}: send /survey to begin</i>"
 

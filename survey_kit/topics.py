@@ -44,7 +44,8 @@ def create_topics(cluster: Cluster, timeout: float = 15.0) -> list[TopicReport]:
     requests = cluster.request_admin()
     admin = requests.client
     try:
-        requests.metadata(timeout)  # a broker that refuses connections is reported in seconds, not after the timeout
+        # also what exists already; a broker that refuses connections is reported in seconds, not after the timeout
+        existing = requests.metadata(timeout).topics
     except KafkaException as exc:
         raise ConnectionError(f"cannot create topics on {cluster.bootstrap_servers}: {exc.args[0].str()}{requests.reason()}") from None
     partitions = cluster.settings.partitions
@@ -55,7 +56,6 @@ def create_topics(cluster: Cluster, timeout: float = 15.0) -> list[TopicReport]:
         [NewTopic(name, partitions, replication, config=config) for name, config in specs.items()],
         request_timeout=timeout,
     )
-    existing = None
     reports = []
     for name, future in futures.items():
         try:
@@ -66,7 +66,7 @@ def create_topics(cluster: Cluster, timeout: float = 15.0) -> list[TopicReport]:
             if error.code() != KafkaError.TOPIC_ALREADY_EXISTS:
                 raise ConnectionError(f"cannot create topic {name!r} on {cluster.bootstrap_servers}: {error.str()}"
                                       f"{requests.reason()}") from None
-            if existing is None:
+            if name not in existing:  # created by someone else since the metadata was read
                 existing = admin.list_topics(timeout=timeout).topics
             count = len(existing[name].partitions)
             note = "" if count == partitions else f"has {count} partitions, the configuration says {partitions}"
