@@ -5,14 +5,20 @@
 >>> view                  # the chart with its controls: survey, window, stop
 >>> view.stop()
 
-In a headless run (papermill) widgets are not drawn, so ``view.run(duration_s=60)`` runs for a while,
-stops, and displays the final state as a static chart. Charts render offline: JupyterChart's
-JavaScript comes from vl-convert, not from a CDN, because workshops often have no internet.
+``counts = await view.run_async(duration_s=60)`` follows for a while, stops, and displays the final
+state as a static chart, which is what a headless run (papermill) keeps, as widgets are not drawn there.
+Awaited, it leaves the kernel free for widget events meanwhile: the view's own controls and a chat with
+the bot (`survey_kit.chat.ChatView`) keep working. ``view.run(...)`` does the same, blocking.
+
+Charts render offline: JupyterChart's JavaScript comes from vl-convert, not from a CDN, because
+workshops often have no internet.
 """
 
 from __future__ import annotations
 
+import asyncio
 import html
+import inspect
 import os
 import threading
 import time
@@ -20,6 +26,7 @@ import time
 import altair as alt
 import ipywidgets as widgets
 import pandas as pd
+from IPython import get_ipython
 from IPython.display import display
 
 from . import analysis
@@ -28,6 +35,7 @@ from .frames import DurationLike, duration_ms, read_topic, tail
 
 ALL_TIME = "all time"
 _RENDER_INTERVAL_S = 0.5  # redraw at most twice a second however fast entries arrive
+_RUN_TICK_S = 0.2  # how often run and run_async look at their deadline, `until` and the stop button
 HEADLESS = "SURVEY_KIT_HEADLESS"  # set to 1 in the kernels of headless runs (survey_kit.reports)
 
 
@@ -182,17 +190,44 @@ class LiveSurveyView:
         self.render(force=True)
 
     def run(self, duration_s: float, until=None) -> pd.DataFrame:
-        """Follow entries for ``duration_s`` seconds (or until ``until(view)`` is true), stop, and display
-        the final chart as a static image; returns the final counts. For headless runs and scripts."""
+        """Follow entries for ``duration_s`` seconds (or until ``until(view)`` is true, or the stop button),
+        stop, and display the final chart as a static image; returns the final counts.
+
+        It blocks: in a notebook, widget events wait until it returns. Prefer ``await view.run_async(...)``
+        there; this is for scripts."""
         self.start()
         deadline = time.monotonic() + duration_s
         try:
-            while time.monotonic() < deadline and self.failure is None:
-                if until is not None and until(self):
-                    break
-                time.sleep(0.2)
+            while self._goes_on(deadline, until):
+                time.sleep(_RUN_TICK_S)
         finally:
             self.stop()
+        return self._final_counts()
+
+    async def run_async(self, duration_s: float, until=None) -> pd.DataFrame:
+        """`run`, awaited: ``counts = await view.run_async(duration_s=60)`` in a notebook cell.
+
+        While the cell awaits, the kernel handles widget events (ipykernel 7.4 and later dispatch them
+        during an awaiting cell), so the survey and window controls, the stop button and a ChatView in
+        the same notebook keep working; with `run` they would wait until it is done."""
+        _let_widgets_answer_while_awaiting()
+        self.start()
+        deadline = time.monotonic() + duration_s
+        try:
+            while self._goes_on(deadline, until):
+                await asyncio.sleep(_RUN_TICK_S)
+        finally:
+            self.stop()
+        return self._final_counts()
+
+    def _goes_on(self, deadline: float, until) -> bool:
+        """Whether a run follows on: before its deadline, not failed, not stopped (by the stop button), and
+        ``until(view)`` not yet true."""
+        if time.monotonic() >= deadline or self.failure is not None or self._tail is None:
+            return False
+        return until is None or not until(self)
+
+    def _final_counts(self) -> pd.DataFrame:
         if self.failure is not None:
             raise RuntimeError(f"the live view stopped: {self.failure}") from self.failure
         display(self.chart())
@@ -261,6 +296,32 @@ class LiveSurveyView:
 
     def _ipython_display_(self) -> None:
         display(self.widget)
+
+
+def _let_widgets_answer_while_awaiting() -> None:
+    """Make every widget take more than one event while a cell awaits (ipykernel 7.4's concurrent comms).
+
+    ipykernel 7.4 handles a comm message that arrives while a cell awaits, but publishes no busy/idle
+    status for it; ipywidgets' frontend sends a widget's next change only once the kernel said idle for
+    its previous one, so each widget (the chat's text box) took one event per awaiting cell and then
+    none (seen in JupyterLab). This publishes that idle, then busy again for the cell that still runs.
+    """
+    kernel = getattr(get_ipython(), "kernel", None)
+    dispatch = getattr(kernel, "dispatch_shell", None)
+    if dispatch is None or getattr(dispatch, "publishes_idle_for_comms", False):
+        return  # not in a kernel, or done already
+    if "concurrent" not in inspect.signature(dispatch).parameters:
+        return  # an ipykernel that holds comm messages back until the cell ends: nothing to add
+
+    async def dispatch_shell(msg, /, subshell_id=None, *, concurrent=False):
+        cell = kernel.get_parent("shell")
+        await dispatch(msg, subshell_id=subshell_id, concurrent=concurrent)
+        if concurrent:
+            kernel._publish_status("idle", "shell")  # its parent is still the comm message
+            kernel._publish_status("busy", "shell", parent=cell)
+
+    dispatch_shell.publishes_idle_for_comms = True
+    kernel.dispatch_shell = dispatch_shell
 
 
 def _window_starts(entries: pd.DataFrame, window_ms: int) -> pd.Series:

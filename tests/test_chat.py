@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import queue
+import time
 from dataclasses import replace
 
 import pytest
@@ -89,3 +91,76 @@ def test_a_bot_that_does_not_answer_is_said_so(fake):
     assert chat.send("/survey") == []
     assert chat.transcript == [("you", "/survey")]
     assert chat.status.value.startswith("the bot did not answer within 1 s: is it running?")
+
+
+def _run_cell(client, code: str) -> str:
+    """Execute `code` in the kernel; what it printed (AssertionError with the traceback if it failed)."""
+    printed: list[str] = []
+
+    def output(message):
+        if message["msg_type"] == "stream":
+            printed.append(message["content"]["text"])
+        elif message["msg_type"] == "error":
+            printed.append("\n".join(message["content"]["traceback"]))
+
+    reply = client.execute_interactive(code, output_hook=output, timeout=60)
+    assert reply["content"]["status"] == "ok", "".join(printed)
+    return "".join(printed)
+
+
+def test_the_chat_answers_while_the_live_view_runs_in_the_same_kernel(cluster, fake, bot, tmp_path):
+    """The workshop's live part awaits `view.run_async`: what an attendee types in the chat meanwhile reaches
+    the bot then, message after message. (A cell that blocks holds every widget event back until it ends.)
+    A real kernel runs the cells; the test sends what JupyterLab sends on Enter in the chat's text box (a
+    widget state update) and, as ipywidgets' frontend does, sends the next one only once the kernel said
+    idle for the previous one."""
+    from jupyter_client.manager import start_new_kernel
+
+    (tmp_path / "topics.json").write_text(cluster.settings.topics.model_dump_json())  # the test's own topic names
+    manager, client = start_new_kernel(kernel_name="python3")
+    try:
+        text_box = _run_cell(client, "from pathlib import Path\n"
+                                     "from survey_kit.chat import ChatView\n"
+                                     "from survey_kit.cluster import Cluster\n"
+                                     "from survey_kit.config import Settings, TopicSettings\n"
+                                     "from survey_kit.widgets import LiveSurveyView\n"
+                                     f"topics = TopicSettings.model_validate_json(Path({str(tmp_path / 'topics.json')!r}).read_text())\n"
+                                     f"cluster = Cluster({cluster.bootstrap_servers!r}, {cluster.schema_registry_url!r}, Settings(topics=topics))\n"
+                                     f"chat = ChatView({fake.api_url!r}, first_name='Ada')\n"
+                                     "view = LiveSurveyView(cluster, survey_id='1')\n"
+                                     "print(chat.text_box.model_id)").strip()
+        started = time.monotonic()
+        live_part = client.execute("counts = await view.run_async(duration_s=60, until=lambda v: len(chat.transcript) >= 4)")
+        _wait_for_iopub(client, live_part, "execute_input")  # the cell runs
+        time.sleep(1)  # well inside its wait
+        for text in ("/survey", "Ada"):
+            message = client.session.msg("comm_msg", {"comm_id": text_box, "data": {
+                "method": "update", "state": {"value": text}, "buffer_paths": []}})
+            client.shell_channel.send(message)
+            _wait_for_iopub(client, message["header"]["msg_id"], "status", "idle")
+        while True:
+            try:
+                reply = client.get_shell_msg(timeout=40)
+            except queue.Empty:
+                pytest.fail("the live part did not end: the chat's messages did not reach the bot while it ran")
+            if reply["parent_header"].get("msg_id") == live_part:
+                break
+        assert reply["content"]["status"] == "ok"
+        assert time.monotonic() - started < 40  # ended by the bot's answers, not by the 60 s
+        assert _run_cell(client, "print(chat.transcript)") == f"{[('you', '/survey'), ('bot', texts.ask_name(PIE.question)), ('you', 'Ada'), ('bot', texts.ASK_COMPANY)]}\n"
+    finally:
+        client.stop_channels()
+        manager.shutdown_kernel(now=True)
+
+
+def _wait_for_iopub(client, parent_id: str, msg_type: str, state: str | None = None, timeout: float = 30) -> None:
+    """Until the kernel publishes a `msg_type` message (`status` with execution state `state`) for `parent_id`."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            message = client.get_iopub_msg(timeout=max(0.1, deadline - time.monotonic()))
+        except queue.Empty:
+            pytest.fail(f"the kernel published no {state or ''} {msg_type} for message {parent_id} within {timeout} s")
+        if (message["parent_header"].get("msg_id") == parent_id and message["msg_type"] == msg_type
+                and (state is None or message["content"].get("execution_state") == state)):
+            return

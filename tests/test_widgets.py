@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import threading
 import time
@@ -50,6 +51,28 @@ def test_live_view_counts_entries_as_they_arrive_and_stops(cluster):
     first, second = view.window_control.options[1:]
     assert dict(zip(*view.counts("1", first)[["option", "count"]].T.values)) == {"Pumpkin Pie": 0, "Pecan Pie": 0, "Apple Pie": 10}
     assert view.counts("1", second)["count"].sum() == 5
+
+
+def test_the_stop_button_ends_an_awaited_run_early(cluster):
+    """While `await view.run_async(...)` runs, the kernel handles the view's controls: its stop button ends it."""
+    create_survey(cluster, PIE)
+    produce_entries(cluster, ["Pecan Pie"] * 2)
+    view = LiveSurveyView(cluster, survey_id="1")
+
+    async def live_part():
+        async def press_stop():
+            await asyncio.sleep(1)
+            view.stop_control.click()
+        pressing = asyncio.create_task(press_stop())
+        counts = await view.run_async(duration_s=60)
+        await pressing
+        return counts
+
+    started = time.monotonic()
+    counts = asyncio.run(live_part())
+    assert time.monotonic() - started < 20 and not view.running
+    assert view.stop_control.disabled
+    assert list(counts.columns) == ["option", "count", "total", "share", "ci_low", "ci_high"]
 
 
 def test_chart_renders_offline():
