@@ -10,6 +10,7 @@ notebook wrote there: the directory is passed to the notebook as its ``output_di
 from __future__ import annotations
 
 import ast
+import json
 import os
 import time
 from collections.abc import Iterable, Mapping
@@ -162,14 +163,34 @@ def run_demo(respondents: int = 300, output_root: str | Path = "reports", window
     try:
         print(f"stack {'started' if started else 'already running'}: Kafka at {running.bootstrap_servers}", flush=True)
         # the workshop applies the pipeline with the demo's window; the others read it from the deployed pipeline
+        run_dirs = {}
         for name, parameters in (
             ("workshop", {"respondents": respondents, "duration_s": 120, "window_size": window_size, "grace": grace}),
             ("live_vs_windowed", {}),
             ("report", {}),
         ):
-            run_dir = run_notebook(name, parameters, output_root, progress=True)
-            print(f"{name}: {run_dir}", flush=True)
-        return run_dir / "report.html"
+            run_dirs[name] = run_notebook(name, parameters, output_root, progress=True)
+            print(f"{name}: {run_dirs[name]}", flush=True)
+        print(_demo_summary(run_dirs["live_vs_windowed"] / "comparison.json", run_dirs["report"] / "report.json"))
+        return run_dirs["report"] / "report.html"
     finally:
         if started:
             embedded.down()
+
+
+def _demo_summary(comparison_file: Path, report_file: Path) -> str:
+    """What a demo showed, from the files its notebooks wrote: the answers, and whether the streamed results
+    add up (the live-vs-windowed comparison, where each difference has its reason)."""
+    comparison = json.loads(comparison_file.read_text())["summary"]
+    report = json.loads(report_file.read_text())
+    windows = report["final_windows"]
+    lines = [f"\nSurvey {report['survey_id']}: {report['entries']} answers, from the bot through Kafka and the ksql "
+             f"pipeline; {windows} final window{'' if windows == 1 else 's'} closed."]
+    agreement = f"{comparison['agree']} of {comparison['rows']} result rows agree with the independent recomputation"
+    if comparison["differ"]:
+        agreement += f"; {comparison['differ']} differ"
+        agreement += (f", {comparison['unexplained']} of them unexplained (a defect: please report it)" if comparison["unexplained"] else
+                      ", each for the reason it gives (late, duplicate, window not closed or entry not processed yet)")
+        agreement += f": {comparison_file}"
+    lines.append(agreement + ".")
+    return "\n".join(lines)

@@ -18,7 +18,7 @@ from survey_kit import stack as embedded
 from survey_kit.bot.generator import plan_entries, write_entries
 from survey_kit.cluster import connect
 from survey_kit.frames import read_topic
-from survey_kit.reports import run_notebook
+from survey_kit.reports import _demo_summary, run_demo, run_notebook
 from survey_kit.stack.processes import free_port
 from survey_kit.stack.services import SERVICES
 from survey_kit.surveys import Survey, create_survey
@@ -335,3 +335,27 @@ def test_a_finished_run_shuts_its_kernel_down_without_interrupting_it(tmp_path):
     papermill.execute_notebook(str(notebook), str(tmp_path / "out.ipynb"), kernel_name="python3",
                                progress_bar=False, kernel_manager_class=_kernel_manager(None))
     assert not mark.exists()
+
+
+def test_the_demo_runs_the_whole_data_path_and_says_what_it_showed(running_stack, tmp_path, capsys):
+    """`make demo`: workshop, comparison and report on the running stack; it ends by saying what came out."""
+    report = run_demo(respondents=30, output_root=tmp_path)
+    assert report.name == "report.html" and report.exists()
+    printed = capsys.readouterr().out
+    assert "stack already running" in printed  # it used the stack it found, and left it running
+    comparison = json.loads(next(tmp_path.glob("03_live_vs_windowed-*/comparison.json")).read_text())["summary"]
+    written = json.loads((report.parent / "report.json").read_text())
+    assert comparison["unexplained"] == 0
+    assert (f"Survey 1: {written['entries']} answers, from the bot through Kafka and the ksql pipeline; "
+            f"{written['final_windows']} final window") in printed
+    assert f"{comparison['agree']} of {comparison['rows']} result rows agree with the independent recomputation" in printed
+    assert embedded.running_stack() is not None  # still up
+
+
+def test_the_demo_says_when_results_do_not_add_up(tmp_path):
+    (tmp_path / "comparison.json").write_text(json.dumps({"summary": {"rows": 12, "agree": 9, "differ": 3, "unexplained": 1}}))
+    (tmp_path / "report.json").write_text(json.dumps({"survey_id": "1", "entries": 40, "final_windows": 2}))
+    summary = _demo_summary(tmp_path / "comparison.json", tmp_path / "report.json")
+    assert "Survey 1: 40 answers, from the bot through Kafka and the ksql pipeline; 2 final windows closed." in summary
+    assert (f"9 of 12 result rows agree with the independent recomputation; 3 differ, 1 of them unexplained "
+            f"(a defect: please report it): {tmp_path / 'comparison.json'}.") in summary
