@@ -331,7 +331,7 @@ def compare(
     columns: ``streamed`` (ksqlDB's count, 0 if it has none), ``recomputed`` (distinct entries),
     ``difference`` (streamed - recomputed), ``reason`` ("agree", or each cause with its number of records:
     "late record dropped (2)", "duplicate entry id (1)", "not yet processed (3)", "window not closed yet
-    ...", "unexplained ..."), ``expected`` (what ksqlDB should show by its rules), ``late_dropped``,
+    ...", "another window: ..." (a result of a pipeline with another window size), "unexplained ..."), ``expected`` (what ksqlDB should show by its rules), ``late_dropped``,
     ``duplicates``, ``emitted`` (the stream has a record for it), ``window_closed`` and ``closes_in``.
 
     Results are matched to surveys by their key: the survey id, as ksql/ groups them, or the question
@@ -350,6 +350,7 @@ def compare(
         rows["window_closed"] = pd.Series(pd.NA, index=rows.index, dtype="boolean")
         rows["closes_in"] = pd.Series(pd.NaT, index=rows.index, dtype="timedelta64[ms]")
         rows["explanation"] = None
+        rows["other_window"] = False
         parts.append(_finish(rows, definitions, live=True))
     if final is not None:
         if size is None:
@@ -374,6 +375,14 @@ def _compare_final(entries, questions, definitions, final, size, grace, results_
     status = status.rename(columns={"closed": "window_closed"})[
         ["survey_id", "window_start_ms", "window_closed", "closes_in", "explanation"]]
     rows = rows.merge(status, on=["survey_id", "window_start_ms"], how="left")
+    # Tumbling windows start at multiples of their size since the epoch: a result whose window starts
+    # elsewhere was written by a pipeline with another window (one dropped and created again; its
+    # results stay on the topic), and is not this window's to compare.
+    other_window = rows["emitted"] & (rows["window_start_ms"] % size_ms != 0)
+    rows.loc[other_window, "explanation"] = (
+        f"another window: a {size} window cannot start at this time (tumbling windows start at multiples of "
+        "their size), so a pipeline with another window size wrote this result")
+    rows["other_window"] = other_window
     rows["result"] = "final"
     rows["window_start"] = pd.to_datetime(rows["window_start_ms"], unit="ms", utc=True).astype("datetime64[ms, UTC]")
     rows["window_end"] = pd.to_datetime(rows["window_start_ms"] + size_ms, unit="ms", utc=True).astype(
@@ -419,10 +428,10 @@ def _joined(counted: pd.DataFrame, streamed: pd.DataFrame, keys: list[str]) -> p
 def _finish(rows: pd.DataFrame, definitions: pd.DataFrame, live: bool) -> pd.DataFrame:
     rows["question"] = rows["survey_id"].map(dict(zip(definitions["survey_id"], definitions["question"])))
     rows["reason"] = [
-        _reason(s, r, e, l, d, emitted, live, closed, explanation)
-        for s, r, e, l, d, emitted, closed, explanation in zip(
+        explanation if other_window else _reason(s, r, e, l, d, emitted, live, closed, explanation)
+        for s, r, e, l, d, emitted, closed, explanation, other_window in zip(
             rows["streamed"], rows["recomputed"], rows["expected"], rows["late_dropped"], rows["duplicates"],
-            rows["emitted"], rows["window_closed"], rows["explanation"])
+            rows["emitted"], rows["window_closed"], rows["explanation"], rows["other_window"])
     ]
     order = ["survey_id", "window_start", "option"]
     return rows.sort_values(order, kind="stable", ignore_index=True)[COMPARISON_COLUMNS]

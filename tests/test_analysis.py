@@ -237,6 +237,20 @@ def test_the_comparison_takes_results_keyed_by_survey_id_and_flags_unexplained_c
         compare(entries, questions_frame(PIE), final=results_frame([], windowed=True))
 
 
+def test_final_results_of_a_pipeline_with_another_window_are_told_apart():
+    """The final table dropped and created again with another window: the old results stay on the topic."""
+    entries = entries_frame([{"ts": B + 1 * MIN, "response": "Apple"}, {"ts": B + 25 * MIN, "response": "Pecan"}])
+    final = results_frame([("Pie?", {"Apple": 1}, B + 30_000),  # a 30-second window's, from before
+                           ("Pie?", {"Apple": 1}, B)], windowed=True)
+    comparison = compare(entries, questions_frame(PIE), final=final, size="10min", grace="1min")
+    old = comparison[comparison["window_start"] == pd.Timestamp(B + 30_000, unit="ms", tz="UTC")]
+    assert list(old["streamed"]) == [1] and list(old["recomputed"]) == [0]
+    assert old["reason"].iat[0].startswith("another window: a 10min window cannot start at this time")
+    assert not comparison["reason"].str.contains("unexplained").any()
+    this = comparison[comparison["window_start"] == pd.Timestamp(B, unit="ms", tz="UTC")].set_index("option")
+    assert this.loc["Apple", "reason"] == "agree"
+
+
 def test_streamed_histogram_takes_the_latest_record_per_key_and_honours_tombstones():
     live = results_frame([("Pie?", {"Apple": 1}), ("Cake?", {"Lemon": 2}), ("Pie?", {"Apple": 2, "Pecan": None}),
                           ("Cake?", None)])
