@@ -158,6 +158,8 @@ def _wait_for_iopub(client, parent_id: str, msg_type: str, state: str | None = N
     deadline = time.monotonic() + timeout
     while True:
         try:
+            if time.monotonic() > deadline:
+                raise queue.Empty
             message = client.get_iopub_msg(timeout=max(0.1, deadline - time.monotonic()))
         except queue.Empty:
             pytest.fail(f"the kernel published no {state or ''} {msg_type} for message {parent_id} within {timeout} s")
