@@ -86,6 +86,21 @@ def test_workshop_offers_a_chat_to_take_the_survey_yourself(workshop):
     assert "application/vnd.jupyter.widget-view+json" in shown["data"]  # the widget, drawn by JupyterLab
 
 
+def test_workshop_live_chart_ends_with_every_confirmed_answer(workshop):
+    """The live part ends once the simulated respondents are done and their answers are on the chart."""
+    import ast
+
+    import nbformat
+
+    notebook = nbformat.read(workshop / "01_workshop.ipynb", as_version=4)
+    (cell,) = [c for c in notebook.cells if c.cell_type == "code" and "await view.run_async" in c.source]
+    (printed,) = [o["text"] for o in cell.outputs if o.get("output_type") == "stream"]
+    simulation = ast.literal_eval(printed.strip())
+    (chart,) = [o["data"]["image/svg+xml"] for o in cell.outputs if "image/svg+xml" in o.get("data", {})]
+    assert simulation["confirmed"] > 0
+    assert f"Which Thanksgiving Pie is your favorite? ({simulation['confirmed']} answers, all time)" in chart
+
+
 def test_clean_run_streamed_and_recomputed_agree_exactly(workshop, reports):
     run_dir = run_notebook("live_vs_windowed", {"survey_id": "1", **WINDOWS}, reports)
     document = comparison_of(run_dir)
