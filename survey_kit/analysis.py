@@ -331,8 +331,9 @@ def compare(
     columns: ``streamed`` (ksqlDB's count, 0 if it has none), ``recomputed`` (distinct entries),
     ``difference`` (streamed - recomputed), ``reason`` ("agree", or each cause with its number of records:
     "late record dropped (2)", "duplicate entry id (1)", "not yet processed (3)", "window not closed yet
-    ...", "another window: ..." (a result of a pipeline with another window size), "unexplained ..."), ``expected`` (what ksqlDB should show by its rules), ``late_dropped``,
-    ``duplicates``, ``emitted`` (the stream has a record for it), ``window_closed`` and ``closes_in``.
+    ...", "another window: ..." (a result written by a pipeline with another window size), "unexplained
+    ..."), ``expected`` (what ksqlDB should show by its rules), ``late_dropped``, ``duplicates``,
+    ``emitted`` (the stream has a record for it), ``window_closed`` and ``closes_in``.
 
     Results are matched to surveys by their key: the survey id, as ksql/ groups them, or the question
     text, as the talk groups them (used when it names exactly one survey). ``join``: see :func:`mark_records`.

@@ -190,7 +190,8 @@ def _demo_summary(comparison_file: Path, report_file: Path) -> str:
     if comparison["differ"]:
         agreement += f"; {comparison['differ']} differ"
         agreement += (f", {comparison['unexplained']} of them unexplained (a defect: please report it)" if comparison["unexplained"] else
-                      ", each for the reason it gives (late, duplicate, window not closed or entry not processed yet)")
+                      ", each for the reason it gives (a late or duplicate entry, a window not closed or an entry not "
+                      "processed yet, a result of a pipeline with another window)")
         agreement += f": {comparison_file}"
     lines.append(agreement + ".")
     return "\n".join(lines)

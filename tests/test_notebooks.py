@@ -374,3 +374,6 @@ def test_the_demo_says_when_results_do_not_add_up(tmp_path):
     assert "Survey 1: 40 answers, from the bot through Kafka and the ksql pipeline; 2 final windows closed." in summary
     assert (f"9 of 12 result rows agree with the independent recomputation; 3 differ, 1 of them unexplained "
             f"(a defect: please report it): {tmp_path / 'comparison.json'}.") in summary
+    (tmp_path / "comparison.json").write_text(json.dumps({"summary": {"rows": 12, "agree": 9, "differ": 3, "unexplained": 0}}))
+    explained = _demo_summary(tmp_path / "comparison.json", tmp_path / "report.json")
+    assert "9 of 12 result rows agree with the independent recomputation; 3 differ, each for the reason it gives" in explained
