@@ -130,9 +130,9 @@ def test_the_chat_answers_while_the_live_view_runs_in_the_same_kernel(cluster, f
                                      "view = LiveSurveyView(cluster, survey_id='1')\n"
                                      "print(chat.text_box.model_id)").strip()
         started = time.monotonic()
-        live_part = client.execute("counts = await view.run_async(duration_s=60, until=lambda v: len(chat.transcript) >= 4)")
-        _wait_for_iopub(client, live_part, "execute_input")  # the cell runs
-        time.sleep(1)  # well inside its wait
+        live_part = client.execute("print('live part running', flush=True)\n"
+                                   "counts = await view.run_async(duration_s=60, until=lambda v: len(chat.transcript) >= 4)")
+        _wait_for_iopub(client, live_part, "stream")  # the cell runs: what comes now arrives while it does
         for text in ("/survey", "Ada"):
             message = client.session.msg("comm_msg", {"comm_id": text_box, "data": {
                 "method": "update", "state": {"value": text}, "buffer_paths": []}})

@@ -61,7 +61,8 @@ def test_the_stop_button_ends_an_awaited_run_early(cluster):
 
     async def live_part():
         async def press_stop():
-            await asyncio.sleep(1)
+            while not view.running:  # once the run follows the topic
+                await asyncio.sleep(0.05)
             view.stop_control.click()
         pressing = asyncio.create_task(press_stop())
         counts = await view.run_async(duration_s=60)
