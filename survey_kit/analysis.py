@@ -429,7 +429,7 @@ def _joined(counted: pd.DataFrame, streamed: pd.DataFrame, keys: list[str]) -> p
 def _finish(rows: pd.DataFrame, definitions: pd.DataFrame, live: bool) -> pd.DataFrame:
     rows["question"] = rows["survey_id"].map(dict(zip(definitions["survey_id"], definitions["question"])))
     rows["reason"] = [
-        explanation if other_window else _reason(s, r, e, l, d, emitted, live, closed, explanation)
+        _reason(s, r, e, l, d, emitted, live, closed, explanation, other_window)
         for s, r, e, l, d, emitted, closed, explanation, other_window in zip(
             rows["streamed"], rows["recomputed"], rows["expected"], rows["late_dropped"], rows["duplicates"],
             rows["emitted"], rows["window_closed"], rows["explanation"], rows["other_window"])
@@ -438,7 +438,9 @@ def _finish(rows: pd.DataFrame, definitions: pd.DataFrame, live: bool) -> pd.Dat
     return rows.sort_values(order, kind="stable", ignore_index=True)[COMPARISON_COLUMNS]
 
 
-def _reason(streamed, recomputed, expected, late, duplicates, emitted, live, closed, explanation) -> str:
+def _reason(streamed, recomputed, expected, late, duplicates, emitted, live, closed, explanation, other_window) -> str:
+    if other_window:
+        return explanation  # not this window's result: its counts are no evidence either way
     if streamed == recomputed == expected:
         return "agree"
     causes = []
