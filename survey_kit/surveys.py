@@ -23,6 +23,25 @@ class SurveyError(ValueError):
     """A survey definition or request is invalid; the message says what to change."""
 
 
+def _loosely(text: str) -> str:
+    """`text` as a respondent's typing is compared: case and runs of spaces do not count."""
+    return " ".join(text.split()).casefold()
+
+
+def match_typed(text: str, choices) -> str | None:
+    """The one of `choices` a respondent means by typing `text`, as `choices` spell it, or None.
+
+    Typed answers match regardless of case and spacing ("pecan  pie" is "Pecan Pie"), so that a
+    respondent who types instead of tapping the keyboard is understood while the results still count
+    each choice under one spelling. A text that matches several choices so loosely matches none.
+    """
+    if text in choices:
+        return text
+    loose = _loosely(text)
+    matches = [choice for choice in choices if _loosely(choice) == loose]
+    return matches[0] if len(matches) == 1 else None
+
+
 @dataclass(frozen=True)
 class Survey:
     """One single-question survey, as stored on survey-questions (the talk's slide 29)."""
@@ -47,9 +66,9 @@ class Survey:
             raise SurveyError(f"survey {self.survey_id}: give at least two options (got {len(self.options)})")
         seen = set()
         for option in self.options:
-            if option.strip().casefold() in seen:
+            if _loosely(option) in seen:
                 raise SurveyError(f"survey {self.survey_id}: option {option!r} is given twice")
-            seen.add(option.strip().casefold())
+            seen.add(_loosely(option))
         return self
 
     def to_record(self) -> dict:

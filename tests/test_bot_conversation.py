@@ -17,7 +17,7 @@ from survey_kit.bot.results import ResultsBoard
 from survey_kit.bot.services import BotServices
 from survey_kit.bot.subscribers import Subscribers
 from survey_kit.faketelegram import NoReply
-from survey_kit.surveys import Survey, SurveyError
+from survey_kit.surveys import Survey, SurveyError, match_typed
 
 PIE = Survey("1", "Which Thanksgiving Pie is your favorite?", "Thanksgiving Pie",
              ["Pumpkin Pie", "Pecan Pie", "Apple Pie", "Thanksgiving Leftover Pot Pie", "Other"])
@@ -187,6 +187,29 @@ def test_the_answer_keyboard_offers_exactly_the_options_and_others_are_refused(r
     assert bot.entries[0]["response"] == "Pecan Pie"
 
 
+def test_an_option_typed_in_another_case_or_spacing_counts_as_the_option(run_bot, tg):
+    bot = run_bot()
+    tg.send_text(5, "/survey")
+    tg.wait_for_reply(5)
+    for text in ("Ada", "/skip", "/skip"):
+        tg.send_text(5, text)
+        tg.wait_for_reply(5)
+    tg.send_text(5, "pecan   PIE ")
+    expect(tg, 5, texts.summary("Thanksgiving Pie", "Ada", None, None, "Pecan Pie"))
+    tg.send_text(5, "/y")
+    expect(tg, 5, texts.SENT)
+    assert bot.entries[0]["response"] == "Pecan Pie"  # the survey's spelling: the histogram counts one option
+
+
+def test_a_typed_text_that_matches_several_options_loosely_matches_none():
+    # a survey read from Kafka is not validated: its options may differ in case only
+    sloppy = Survey("3", "Tea?", "Tea", ["Yes", "YES", "No"])
+    assert match_typed("YES", sloppy.options) == "YES"
+    assert match_typed("yes", sloppy.options) is None
+    assert match_typed("  no ", sloppy.options) == "No"
+    assert match_typed("Nope", sloppy.options) is None
+
+
 def test_cancel_and_n_abandon_without_an_entry(run_bot, tg):
     bot = run_bot()
     tg.send_text(5, "/survey")
@@ -252,7 +275,7 @@ def test_several_surveys_are_offered_and_answered_ones_left_out(run_bot, tg):
     assert choice.options == ["Thanksgiving Pie", "Cakes"]
     tg.send_text(5, "Pies")
     expect(tg, 5, f"{texts.CHOOSE_FROM_KEYBOARD}\n\n{texts.CHOOSE_SURVEY}")
-    tg.send_text(5, "Cakes")
+    tg.send_text(5, "  cakes ")  # typed, not tapped
     expect(tg, 5, texts.ask_name(CAKE.question))
     for text in ("Ada", "/skip", "/skip"):
         tg.send_text(5, text)

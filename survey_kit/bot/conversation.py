@@ -12,7 +12,7 @@ import logging
 from telegram import ReplyKeyboardRemove, Update
 from telegram.ext import BaseHandler, CommandHandler, ContextTypes, ConversationHandler, MessageHandler, filters
 
-from ..surveys import Survey
+from ..surveys import Survey, match_typed
 from . import texts
 from .prompts import ask, reask
 from .services import services
@@ -76,7 +76,8 @@ async def survey_command(update: Update, context: ContextTypes.DEFAULT_TYPE) -> 
 
 
 async def choose(update: Update, context: ContextTypes.DEFAULT_TYPE) -> int | None:
-    survey_id = context.user_data.get("choices", {}).get(update.message.text.strip())
+    choices = context.user_data.get("choices", {})
+    survey_id = choices.get(match_typed(update.message.text, choices))
     if survey_id is None:
         return await reask(update, context, texts.CHOOSE_FROM_KEYBOARD)
     survey = services(context).catalog.get(survey_id)
@@ -149,8 +150,8 @@ async def response(update: Update, context: ContextTypes.DEFAULT_TYPE) -> int | 
     survey = _current_survey(context)
     if survey is None:
         return await _survey_gone(update, context)
-    answer = update.message.text.strip()
-    if answer not in survey.options:
+    answer = match_typed(update.message.text, survey.options)
+    if answer is None:
         return await reask(update, context, texts.PICK_OPTION)
     context.user_data["response"] = answer
     data = context.user_data
