@@ -341,8 +341,10 @@ def test_results_are_computed_from_entries_when_there_are_no_live_results(run_bo
         "Other                         ███░░░░░░░ 1 (25%)",
         "4 answers in total.",
     ]
-    tg.send_text(5, "/results 7")
-    expect(tg, 5, texts.no_such_survey("7"))
+    tg.send_text(5, "/results thanksgiving  pie")  # by its summary, as typed
+    assert tg.wait_for_reply(5).text == reply.text
+    tg.send_text(5, "/results Which pie?")
+    expect(tg, 5, 'There is no survey "Which pie?". The surveys are: 1 (Thanksgiving Pie).')
 
 
 def test_results_asked_while_the_live_results_are_read_wait_for_them(run_bot, tg):
@@ -415,7 +417,7 @@ def test_admins_create_and_close_surveys_others_are_not_allowed(run_bot, tg):
     tg.send_text(ADMIN, "/closesurvey 1")
     expect(tg, ADMIN, texts.survey_closed("1"))
     tg.send_text(ADMIN, "/closesurvey nope")
-    expect(tg, ADMIN, texts.no_such_survey("nope"))
+    expect(tg, ADMIN, 'There is no survey "nope". The surveys are: 1 (Thanksgiving Pie), coffee (Coffee).')
     tg.send_text(5, "/survey")
     expect(tg, 5, texts.ask_name("How do you take your coffee?"))
 

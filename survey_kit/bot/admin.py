@@ -113,7 +113,7 @@ async def close_survey(update: Update, context: ContextTypes.DEFAULT_TYPE) -> No
         await update.message.reply_text(texts.starting("closesurvey"))
         return
     if svc.catalog.get(survey_id) is None:
-        await update.message.reply_text(texts.no_such_survey(survey_id))
+        await update.message.reply_text(texts.no_such_survey(survey_id, svc.catalog.all()))
         return
     try:
         await asyncio.to_thread(svc.surveys_admin.close, survey_id)

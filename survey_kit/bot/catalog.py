@@ -7,7 +7,7 @@ import threading
 from confluent_kafka import Message
 
 from ..cluster import Cluster
-from ..surveys import Survey, create_survey, disable_survey
+from ..surveys import Survey, create_survey, disable_survey, match_typed
 from .follow import TopicFollower
 
 
@@ -52,6 +52,14 @@ class SurveyCatalog:
         survey = self.get(key)
         if survey is None:
             survey = next((s for s in self.all() if s.question == key), None)
+        return survey
+
+    def named(self, text: str) -> Survey | None:
+        """The survey a user means by `text`: its id, or its summary as typed (case and spacing do not count)."""
+        survey = self.get(text)
+        if survey is None:
+            by_summary = {s.summary: s for s in self.all()}
+            survey = by_summary.get(match_typed(text, by_summary))
         return survey
 
     def apply_record(self, message: Message, value: dict | None) -> None:

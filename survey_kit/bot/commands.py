@@ -22,15 +22,16 @@ async def help_command(update: Update, context: ContextTypes.DEFAULT_TYPE) -> No
 
 
 async def results(update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
-    """/results [ID]: the histogram of one survey, or of every open survey."""
+    """/results [ID or summary]: the histogram of one survey, or of every open survey."""
     svc = services(context)
     if not await svc.caught_up():
         await update.message.reply_text(texts.starting("results"))
         return
     if context.args:
-        survey = svc.catalog.get(context.args[0])
+        asked = " ".join(context.args)
+        survey = svc.catalog.named(asked)
         if survey is None:
-            await update.message.reply_text(texts.no_such_survey(context.args[0]))
+            await update.message.reply_text(texts.no_such_survey(asked, svc.catalog.all()))
             return
         surveys = [survey]
     else:

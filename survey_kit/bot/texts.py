@@ -130,8 +130,10 @@ def survey_closed(survey_id: str) -> str:
 CLOSE_USAGE = "Usage: /closesurvey ID (the id of the survey to close)."
 
 
-def no_such_survey(survey_id: str) -> str:
-    return f"There is no survey {survey_id}."
+def no_such_survey(asked: str, surveys=()) -> str:
+    """`asked` names no survey; `surveys` are those there are, listed as the id to send and the summary."""
+    known = ", ".join(f"{s.survey_id} ({s.summary})" for s in surveys)
+    return f"There is no survey \"{asked}\"." + (f" The surveys are: {known}." if known else "")
 
 
 ERROR = "Sorry, something went wrong on my side. Please try again."
