@@ -176,7 +176,8 @@ def test_charts_in_jupyterlab_are_interactive_and_offline(monkeypatch):
 
 
 def test_report_notebook_writes_html_with_static_charts(workshop, reports):
-    run_dir = run_notebook("report", {"survey_id": "1", **WINDOWS}, reports)
+    # a number, as `papermill -p survey_id 1` passes it: the notebook takes it as the id "1"
+    run_dir = run_notebook("report", {"survey_id": 1, **WINDOWS}, reports)
     page = (run_dir / "report.html").read_text()
     summary = json.loads((run_dir / "report.json").read_text())
     assert "Which Thanksgiving Pie is your favorite?" in page
@@ -196,7 +197,7 @@ def test_notebook_fails_early_with_a_clear_message(workshop, reports):
     # the analysts' notebook, given a survey without entries, says so instead of drawing empty charts
     with pytest.raises(papermill.PapermillExecutionError, match=r"survey '9' has no entries on survey-entries; "
                                                                 r"the surveys with entries are \['1'"):
-        run_notebook("explore", {"survey_id": "9"}, reports)
+        run_notebook("explore", {"survey_id": 9}, reports)  # a number, as papermill -p passes it
 
 
 def test_a_scheduled_report_from_the_command_line(workshop, reports, capsys):
