@@ -1,6 +1,6 @@
 """The ``survey-kit`` command.
 
-    survey-kit up | down | status [--json]      the embedded stack
+    survey-kit up | down | status [--json]      the embedded stack (status: the configured services, if any)
     survey-kit topics create                    the survey topics
     survey-kit survey create | list | disable   surveys on survey-questions
     survey-kit engine                           the ksql engine (ksqlDB REST API) in the foreground
@@ -98,7 +98,7 @@ def build_parser() -> argparse.ArgumentParser:
     down = commands.add_parser("down", help="stop the embedded stack started by `up`")
     down.set_defaults(run=_down)
 
-    status = commands.add_parser("status", help="what the embedded stack runs and whether it answers")
+    status = commands.add_parser("status", help="whether the services answer: the embedded stack's, or the configured ones")
     status.add_argument("--json", action="store_true", help="print JSON with each service's address")
     status.set_defaults(run=_status)
 
@@ -214,6 +214,9 @@ def _down(args) -> int:
 
 
 def _status(args) -> int:
+    settings = load_settings(args.config)
+    if not settings.uses_embedded_kafka:
+        return _configured_status(connect(settings), args.json)
     stack = embedded.running_stack()
     if stack is None:
         if args.json:
@@ -232,6 +235,67 @@ def _status(args) -> int:
         if stopped:
             print(f"{', '.join(stopped)} stopped: `survey-kit up` starts {'it' if len(stopped) == 1 else 'them'} again")
     return 0 if all(info["answers"] for info in services.values()) else 1
+
+
+def _configured_status(cluster, as_json: bool) -> int:
+    """`status` with Kafka configured: whether each configured service answers, and what it holds."""
+    from .ksql.apply import ksql_client  # the ksql package is only needed here and by the ksql commands
+
+    def kafka() -> str:
+        admin = cluster.request_admin()
+        try:
+            metadata = admin.metadata(timeout=10)
+        except KafkaException as exc:
+            raise ConnectionError(f"{exc.args[0].str()}{admin.reason()}") from None
+        missing = [name for name in cluster.topics.model_dump().values() if name not in metadata.topics]
+        brokers = f"{len(metadata.brokers)} broker{'s' if len(metadata.brokers) != 1 else ''}"
+        if missing:
+            return f"{brokers}; no topic {', '.join(missing)} yet: `survey-kit topics create` creates them"
+        return f"{brokers}; the survey topics are there"
+
+    def registry() -> str:
+        try:
+            subjects = cluster.registry().get_subjects()
+        except Exception as exc:  # the registry client raises its own errors and httpx's
+            raise ConnectionError(f"{type(exc).__name__}: {exc} (check schema_registry.url and basic_auth_user_info)") from None
+        return f"{len(subjects)} subject{'s' if len(subjects) != 1 else ''}"
+
+    def ksqldb() -> str:
+        with ksql_client(cluster) as client:
+            queries = client.execute("SHOW QUERIES;")[0].get("queries", [])
+        return f"{len(queries)} quer{'ies' if len(queries) != 1 else 'y'} running"
+
+    settings = cluster.settings
+    checks = [("kafka", "Kafka", cluster.bootstrap_servers, kafka),
+              ("schema_registry", "Schema Registry", cluster.schema_registry_url, registry)]
+    if settings.ksqldb.url:
+        checks.append(("ksqldb", "ksqlDB", settings.ksqldb.url, ksqldb))
+    services = {}
+    for key, title, address, check in checks:
+        try:
+            services[key] = {"title": title, "address": address, "answers": True, "detail": check()}
+        except Exception as exc:  # noqa: BLE001 -- every failure is the service's state, reported as such
+            services[key] = {"title": title, "address": address, "answers": False, "detail": str(exc)}
+    if not settings.ksqldb.url:
+        services["ksqldb"] = {"title": "ksqlDB", "address": None, "answers": None,
+                              "detail": "not configured: set ksqldb.url, or run the embedded engine on this Kafka with `survey-kit engine`"}
+    if settings.telegram.token is not None:
+        telegram = "a bot token is set (api.telegram.org, not contacted here)"
+    elif cluster.telegram_api_url:
+        telegram = f"no token: the embedded stack's fake Telegram at {cluster.telegram_api_url}"
+    else:
+        telegram = "no token and no embedded stack: set telegram.token for the bot"
+    services["telegram"] = {"title": "Telegram", "address": None, "answers": None, "detail": telegram}
+    if as_json:
+        print(json.dumps({"running": False, "configured": True, "bootstrap_servers": cluster.bootstrap_servers,
+                          "schema_registry_url": cluster.schema_registry_url, "ksqldb_url": settings.ksqldb.url,
+                          "services": services}, indent=2))
+    else:
+        for info in services.values():
+            state = {True: "answers", False: "does not answer", None: ""}[info["answers"]]
+            where = f"{info['address']} {state}" if info["address"] else state
+            print(f"{info['title']:<16} {where}: {info['detail']}" if where else f"{info['title']:<16} {info['detail']}")
+    return 0 if all(info["answers"] is not False for info in services.values()) else 1
 
 
 def _cluster(args):

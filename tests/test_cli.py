@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -128,3 +129,26 @@ def test_generate_for_an_unknown_survey_says_so(run):
     result = run("generate", "--survey", "nope", "--count", "5")
     assert result.returncode != 0
     assert "no survey 'nope'" in result.stderr and "Traceback" not in result.stderr
+
+
+def test_status_with_kafka_configured_checks_the_configured_services(run, cluster):
+    result = run("status")
+    assert result.returncode == 0, result.stdout + result.stderr
+    lines = result.stdout.splitlines()
+    assert lines[0] == f"Kafka            {cluster.bootstrap_servers} answers: 1 broker; the survey topics are there"
+    assert lines[1].startswith(f"Schema Registry  {cluster.schema_registry_url} answers: ")
+    assert lines[2].startswith("ksqlDB           not configured: set ksqldb.url")
+    # the test's own status: no "no embedded stack is running (start it with `survey-kit up`)"
+    assert "survey-kit up" not in result.stdout
+
+
+def test_status_names_what_does_not_answer(run, cluster, tmp_path):
+    config = tmp_path / "survey-kit.yaml"
+    config.write_text(config.read_text().replace(cluster.schema_registry_url, "http://127.0.0.1:9"))
+    result = run("status", "--json")
+    assert result.returncode == 1
+    services = json.loads(result.stdout)["services"]
+    assert services["kafka"]["answers"] is True
+    assert services["schema_registry"]["answers"] is False
+    assert "Connection refused" in services["schema_registry"]["detail"]
+    assert "schema_registry.url" in services["schema_registry"]["detail"]

@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 
 from survey_kit.cluster import from_stack
+from survey_kit.ksql.rest import KsqlRestClient
 from survey_kit.stack import EmbeddedStack
 from survey_kit.stack.processes import free_port
 from survey_kit.topics import create_topics
@@ -211,3 +212,16 @@ def test_engine_on_a_port_in_use_exits_2(deployment):
     result = run_cli(deployment, "engine", "--port", str(engine.port), "--data-dir", str(data / "second"))
     assert result.returncode == 2
     assert f"port {engine.port}" in result.stderr and "in use" in result.stderr
+
+
+def test_status_asks_the_configured_ksqldb(deployment):
+    stack, cluster, engine, data = deployment
+    queries = len(KsqlRestClient(engine.url).execute("SHOW QUERIES;")[0]["queries"])
+    result = run_cli(deployment, "status")
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert f"ksqlDB           {engine.url} answers: {queries} quer{'y' if queries == 1 else 'ies'} running" in result.stdout
+
+    wrong = run_cli(deployment, "status", ksqldb_url=stack.schema_registry_url)
+    assert wrong.returncode == 1
+    assert f"ksqlDB           {stack.schema_registry_url} does not answer: the server at" in wrong.stdout
+    assert "Kafka            " in wrong.stdout and "Kafka            " + stack.bootstrap_servers + " answers" in wrong.stdout
