@@ -17,6 +17,7 @@ import cavro
 import fastavro
 import pytest
 
+from survey_kit.ksql import flat_avro
 from survey_kit.ksql.formats import (
     AvroFormat,
     Column,
@@ -148,6 +149,13 @@ def uses_cavro(function) -> bool:
     return isinstance(getattr(function, "__self__", None), cavro.Schema)
 
 
+def is_flat_writer(function) -> bool:
+    return function.__module__ == flat_avro.__name__
+
+
+FLAT = {"boolean", "int", "bigint", "double", "string", "survey respondent"}  # records of primitive columns
+
+
 # ------------------------------------------------------------------ what the engine writes
 
 COLUMN_SETS = {
@@ -202,20 +210,20 @@ def test_written_rows_read_back_as_fastavro_reads_them(kind):
 
 
 @pytest.mark.parametrize("kind", list(COLUMN_SETS))
-def test_the_engine_writes_all_its_schemas_with_cavro(kind):
+def test_the_engine_writes_flat_records_with_a_compiled_writer_and_the_others_with_cavro(kind):
     schema = avro_value_schema(COLUMN_SETS[kind], "survey.bot.Out")
     encode, _ = avro_encoder(schema)
-    assert uses_cavro(encode)
+    assert is_flat_writer(encode) if kind in FLAT else uses_cavro(encode)
 
 
-def test_the_survey_pipelines_records_read_and_written_with_cavro():
+def test_the_survey_pipelines_records_read_with_cavro_and_written_with_a_compiled_writer():
     entries = json.loads(load_schema("survey-entries"))
     assert uses_cavro(avro_decoder(entries))
     for name in ("survey-respondents", "survey-responses"):
         bot_schema = json.loads(load_schema(name))
         # the engine writes them as ksqlDB does: every field nullable, under the bot schema's name
         nullable = avro_value_schema([Column(f["name"], STRING) for f in bot_schema["fields"]], f"{bot_schema['namespace']}.{bot_schema['name']}")
-        assert uses_cavro(avro_encoder(nullable)[0])
+        assert is_flat_writer(avro_encoder(nullable)[0])
 
 
 # ------------------------------------------------------------------ what other producers write
@@ -478,3 +486,50 @@ def test_a_row_value_of_the_wrong_type_is_refused_with_the_topic_named(column, v
     fmt = AvroFormat([column], "sink-topic", InMemorySchemaStore())
     with pytest.raises(ValueError, match="cannot write this row to sink-topic as Avro"):
         fmt.serialize({column.name: value})
+
+
+class _Text(str):
+    pass
+
+
+FLAT_TYPES = ["string", "long", "int", "double", "boolean"]
+# every type's values and others': each writes as cavro writes it or fails as cavro fails
+FLAT_VALUES = [None, True, False, *LONGS, 2**63, -(2**63) - 1, *FLOATS, *TEXTS[:10], "\ud800", _Text("sub"), b"bytes", [1], {"a": 1}]
+
+
+@pytest.mark.parametrize("avro_type", [*FLAT_TYPES, *(["null", t] for t in FLAT_TYPES), *([t, "null"] for t in FLAT_TYPES)], ids=str)
+def test_the_compiled_writer_writes_each_value_as_cavro_does_or_fails_as_it_fails(avro_type):
+    schema = {"type": "record", "name": "Out", "fields": [{"name": "a", "type": "string"}, {"name": "V", "type": avro_type}]}
+    library = cavro.Schema(schema, parse_json=False).binary_encode
+    write = flat_avro.flat_record_writer(schema, library)
+    assert write is not None
+    for value in FLAT_VALUES:
+        record = {"a": "x", "V": value}
+        try:
+            expected = library(record)
+        except Exception as exc:  # noqa: BLE001 -- whatever cavro raises, the writer raises the same
+            with pytest.raises(type(exc)):
+                write(record)
+        else:
+            assert write(record) == expected, value
+    # a missing field is written as cavro writes it (its default), extra keys are ignored
+    for record in ({"a": "x"}, {"a": "x", "V": None, "other": 1}):
+        try:
+            expected = library(record)
+        except Exception as exc:  # noqa: BLE001
+            with pytest.raises(type(exc)):
+                write(record)
+        else:
+            assert write(record) == expected
+
+
+@pytest.mark.parametrize("schema", [
+    {"type": "record", "name": "R", "fields": [{"name": "t", "type": {"type": "long", "logicalType": "timestamp-millis"}}]},
+    {"type": "record", "name": "R", "fields": [{"name": "y", "type": ["null", "bytes"]}]},
+    {"type": "record", "name": "R", "fields": [{"name": "m", "type": ["null", {"type": "map", "values": "long"}]}]},
+    {"type": "record", "name": "R", "fields": [{"name": "u", "type": ["null", "string", "long"]}]},
+    {"type": "record", "name": "R", "fields": []},
+    "string",
+], ids=["logical type", "bytes", "map", "three-member union", "no fields", "not a record"])
+def test_schemas_that_are_not_flat_records_get_no_compiled_writer(schema):
+    assert flat_avro.flat_record_writer(schema, lambda record: b"") is None

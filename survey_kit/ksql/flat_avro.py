@@ -1,0 +1,107 @@
+"""Avro writers for flat records, compiled to Python: the engine's hot output path.
+
+The engine writes most of its outputs as records of primitive columns (the
+talk's respondents and responses: a few nullable strings). cavro takes ~0.6 µs
+per call before writing anything and ~0.4 µs per field, ~3 µs for a respondent,
+more than reading the entry they come from; a function generated for the schema
+(one straight-line body, no per-field calls) writes the same bytes in under 1 µs.
+
+    write = flat_record_writer(schema, fallback=cavro_schema.binary_encode)
+    write({"user_id": "7", "name": "Ann", "company": None, "location": None})
+
+Only records whose fields are all `string`, `long`, `int`, `double` or
+`boolean`, each possibly in a union with `null`, get one (else None). A value
+of another Python type than the one each Avro type is written from (a str
+subclass, an int for a double, a bool for a long) or a missing field hands the
+whole record to `fallback`, so every record either writes as the library writes
+it or fails as it fails (tests/test_ksql_avro_codec.py compares them byte for
+byte).
+"""
+
+from __future__ import annotations
+
+import struct
+from typing import Any, Callable
+
+_PRIMITIVES = ("string", "long", "int", "double", "boolean")
+_LONG_MIN, _LONG_MAX = -(1 << 63), (1 << 63) - 1
+_INT_MIN, _INT_MAX = -(1 << 31), (1 << 31) - 1
+
+
+def _varint(n: int) -> bytes:
+    out = bytearray()
+    while n > 0x7F:
+        out.append((n & 0x7F) | 0x80)
+        n >>= 7
+    out.append(n)
+    return bytes(out)
+
+
+def _long(n: int) -> bytes:
+    """Avro's encoding of a long: zig-zag, then a base-128 varint."""
+    return _varint((n << 1) ^ (n >> 63))
+
+
+# Encodings of the lengths most strings have (after each union branch a string can be in), looked up
+# instead of computed
+_LENGTHS = {branch: [branch + _long(n) for n in range(4096)] for branch in (b"", _long(0), _long(1))}
+_DOUBLE = struct.Struct("<d").pack
+
+
+def flat_record_writer(schema: Any, fallback: Callable[[Any], bytes]) -> Callable[[Any], bytes] | None:
+    """A function writing records of `schema` (parsed JSON) as Avro binary, or None when `schema` is not flat.
+
+    `fallback` writes a whole record the slow way; it gets every record this
+    function does not write itself (see the module docstring).
+    """
+    if not isinstance(schema, dict) or schema.get("type") != "record":
+        return None
+    fields = schema.get("fields")
+    if not isinstance(fields, list) or not fields:
+        return None
+    body = ["def write(record):", "    if type(record) is not dict:", "        return fallback(record)", "    get = record.get"]
+    parts = []
+    for i, field in enumerate(fields):
+        name, kind = field.get("name"), _field_kind(field.get("type"))
+        if kind is None or not isinstance(name, str):
+            return None
+        primitive, null_branch, value_branch = kind
+        part = f"p{i}"
+        parts.append(part)
+        condition, value = _value(primitive, value_branch)
+        body.append(f"    v = get({name!r}, MISSING)")  # a missing field: cavro writes its default or refuses it
+        if null_branch is not None:
+            body += ["    if v is None:", f"        {part} = {null_branch!r}", f"    elif {condition}:"]
+        else:
+            body.append(f"    if {condition}:")
+        body += [f"        {line}" for line in value[:-1]] + [f"        {part} = {value[-1]}", "    else:", "        return fallback(record)"]
+    body.append(f"    return b''.join(({', '.join(parts)},))")
+    namespace = {"__name__": __name__, "fallback": fallback, "MISSING": object(), "LENGTHS": _LENGTHS, "long": _long, "double": _DOUBLE,
+                 "LONG_MIN": _LONG_MIN, "LONG_MAX": _LONG_MAX, "INT_MIN": _INT_MIN, "INT_MAX": _INT_MAX}
+    exec(compile("\n".join(body), f"<avro writer for {schema.get('name')}>", "exec"), namespace)  # noqa: S102 -- our own generated source
+    return namespace["write"]
+
+
+def _field_kind(avro_type) -> tuple[str, bytes | None, bytes] | None:
+    """(primitive, bytes of the null branch or None, bytes before a value) for a flat field type, else None."""
+    if avro_type in _PRIMITIVES:
+        return avro_type, None, b""
+    if isinstance(avro_type, list) and len(avro_type) == 2 and "null" in avro_type:
+        null_index = avro_type.index("null")
+        primitive = avro_type[1 - null_index]
+        if primitive in _PRIMITIVES:
+            return primitive, _long(null_index), _long(1 - null_index)
+    return None
+
+
+def _value(primitive: str, prefix: bytes) -> tuple[str, list[str]]:
+    """When a value `v` is written as `primitive` here, and how: statements, the last one the bytes' expression."""
+    p = f"{prefix!r} + " if prefix else ""
+    if primitive == "string":
+        return "type(v) is str", ["v = v.encode()", "n = len(v)", f"(LENGTHS[{prefix!r}][n] if n < 4096 else {p}long(n)) + v"]
+    if primitive in ("long", "int"):
+        low, high = ("LONG_MIN", "LONG_MAX") if primitive == "long" else ("INT_MIN", "INT_MAX")
+        return f"type(v) is int and {low} <= v <= {high}", [f"{p}long(v)"]
+    if primitive == "double":
+        return "type(v) is float", [f"{p}double(v)"]
+    return "v is True or v is False", [f"{p}(b'\\x01' if v else b'\\x00')"]
