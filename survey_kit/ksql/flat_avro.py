@@ -76,8 +76,9 @@ def flat_record_writer(schema: Any, fallback: Callable[[Any], bytes]) -> Callabl
             body.append(f"    if {condition}:")
         body += [f"        {line}" for line in value[:-1]] + [f"        {part} = {value[-1]}", "    else:", "        return fallback(record)"]
     body.append(f"    return b''.join(({', '.join(parts)},))")
-    namespace = {"__name__": __name__, "fallback": fallback, "MISSING": object(), "LENGTHS": _LENGTHS, "long": _long, "double": _DOUBLE,
+    namespace = {"__name__": __name__, "fallback": fallback, "MISSING": object(), "long": _long, "double": _DOUBLE,
                  "LONG_MIN": _LONG_MIN, "LONG_MAX": _LONG_MAX, "INT_MIN": _INT_MIN, "INT_MAX": _INT_MAX}
+    namespace.update((f"LENGTHS{branch.hex()}", table) for branch, table in _LENGTHS.items())
     exec(compile("\n".join(body), f"<avro writer for {schema.get('name')}>", "exec"), namespace)  # noqa: S102 -- our own generated source
     return namespace["write"]
 
@@ -98,7 +99,7 @@ def _value(primitive: str, prefix: bytes) -> tuple[str, list[str]]:
     """When a value `v` is written as `primitive` here, and how: statements, the last one the bytes' expression."""
     p = f"{prefix!r} + " if prefix else ""
     if primitive == "string":
-        return "type(v) is str", ["v = v.encode()", "n = len(v)", f"(LENGTHS[{prefix!r}][n] if n < 4096 else {p}long(n)) + v"]
+        return "type(v) is str", ["v = v.encode()", "n = len(v)", f"(LENGTHS{prefix.hex()}[n] if n < 4096 else {p}long(n)) + v"]
     if primitive in ("long", "int"):
         low, high = ("LONG_MIN", "LONG_MAX") if primitive == "long" else ("INT_MIN", "INT_MAX")
         return f"type(v) is int and {low} <= v <= {high}", [f"{p}long(v)"]
