@@ -44,7 +44,7 @@ def _long(n: int) -> bytes:
 
 # Encodings of the lengths most strings have (after each union branch a string can be in), looked up
 # instead of computed
-_LENGTHS = {branch: [branch + _long(n) for n in range(4096)] for branch in (b"", _long(0), _long(1))}
+_LENGTHS = {branch: [branch + _long(n) for n in range(1024)] for branch in (b"", _long(0), _long(1))}
 _DOUBLE = struct.Struct("<d").pack
 
 
@@ -99,7 +99,7 @@ def _value(primitive: str, prefix: bytes) -> tuple[str, list[str]]:
     """When a value `v` is written as `primitive` here, and how: statements, the last one the bytes' expression."""
     p = f"{prefix!r} + " if prefix else ""
     if primitive == "string":
-        return "type(v) is str", ["v = v.encode()", "n = len(v)", f"(LENGTHS{prefix.hex()}[n] if n < 4096 else {p}long(n)) + v"]
+        return "type(v) is str", ["v = v.encode()", "n = len(v)", f"(LENGTHS{prefix.hex()}[n] if n < 1024 else {p}long(n)) + v"]
     if primitive in ("long", "int"):
         low, high = ("LONG_MIN", "LONG_MAX") if primitive == "long" else ("INT_MIN", "INT_MAX")
         return f"type(v) is int and {low} <= v <= {high}", [f"{p}long(v)"]
