@@ -160,7 +160,6 @@ class EngineRuntime:
         batch_size: int = 5_000,
         worker: int = 0,
         workers: int = 1,
-        command_topic_interval_s: float = 30.0,
     ):
         if not 0 <= worker < workers:
             raise ValueError(f"worker must be in 0..{workers - 1}, got {worker}")
@@ -190,8 +189,6 @@ class EngineRuntime:
         self._command_offset = 0  # followers: the next record of the command topic to apply
         self._recorded: queue.SimpleQueue = queue.SimpleQueue()  # followers: (offset, command) worker 0 recorded
         self._last_follow = 0.0
-        self._command_reader: threading.Thread | None = None  # followers: the periodic read of the command topic
-        self.command_topic_interval = command_topic_interval_s
         # worker 0: told the (offset, command) of the statements each request recorded, all at once, so
         # that another worker starts a request's queries together, as worker 0 does (under its lock)
         self.on_recorded: Callable[[list[tuple[int, bytes]]], None] | None = None
@@ -280,10 +277,8 @@ class EngineRuntime:
         now = time.monotonic()
         if self.leader:
             self._apply_subscriptions()
-        elif not self._recorded.empty():
+        elif not self._recorded.empty() or now - self._last_follow > 30.0:
             self._follow_commands()
-        elif now - self._last_follow > self.command_topic_interval:
-            self._look_at_command_topic()
         if self._resync_wanted or now - self._last_resync > 2.0:
             self._sync_assignment()
         chunks, errors, drained = self._fetch_chunks() if self.leader else self._fed_chunks()
@@ -853,43 +848,19 @@ class EngineRuntime:
         """Workers other than 0: the (offset, command) statements one request to worker 0 recorded; applied together at the next step."""
         self._recorded.put(recorded)
 
-    def _look_at_command_topic(self) -> None:
-        """Workers other than 0: every `command_topic_interval_s` (30 s), in the background, queue what the
-        command topic holds for `_follow_commands`.
-
-        A safety net for a statement worker 0 recorded and did not pass on. The
-        read takes the embedded broker about a second when it is busy, and the
-        loop must not stall for it: the queries of this worker would pause, and
-        worker 0 with them once this worker's feed is full.
-        """
-        self._last_follow = time.monotonic()
-        if self._command_reader is not None and self._command_reader.is_alive():
-            return
-
-        def read() -> None:
-            try:
-                recorded = [(m.offset(), m.value()) for m in self._read_topic(self.command_topic) if m.value()]
-            except (KafkaException, RuntimeUnavailable) as exc:
-                log.debug("could not read the command topic (%s); trying again later", _text(exc))
-                return
-            if recorded:
-                self._recorded.put(recorded)
-
-        self._command_reader = threading.Thread(target=read, name="ksql-command-topic", daemon=True)
-        self._command_reader.start()
-
     def _follow_commands(self) -> None:
         """Workers other than 0: apply the statements worker 0 recorded since the last look.
 
         Worker 0 passes each one on as it records it (through the worker pool);
-        the command topic is read instead when one was missed (an offset gap),
-        and now and then in the background (`_look_at_command_topic`).
+        the command topic is read instead when one was missed (an offset gap)
+        and, as a safety net, every 30 s (a read of the topic to its end takes
+        the embedded broker a while: not on every step).
         """
         self._last_follow = time.monotonic()
-        told: dict[int, bytes] = {}  # by offset: the background read and worker 0 may tell the same statement
+        told = []
         while not self._recorded.empty():
-            told.update(self._recorded.get())
-        fresh = sorted((offset, command) for offset, command in told.items() if offset >= self._command_offset)
+            told += self._recorded.get()
+        fresh = [(offset, command) for offset, command in told if offset >= self._command_offset]
         if told and not fresh:
             return  # already applied (read at the last rebuild)
         if fresh and [offset for offset, _ in fresh] == list(range(self._command_offset, self._command_offset + len(fresh))):
