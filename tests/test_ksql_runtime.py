@@ -30,7 +30,7 @@ from survey_kit.ksql.engine import Engine
 from survey_kit.ksql.formats import RegistrySchemaStore
 from survey_kit.ksql.pipeline import read_pipeline
 from survey_kit.ksql.rest import KsqlRestClient, KsqlServerError
-from survey_kit.ksql.runtime import in_timestamp_order
+from survey_kit.ksql.runtime import Command, EngineRuntime, in_timestamp_order
 from survey_kit.serde import avro_producer
 from survey_kit.stack import EmbeddedStack
 from survey_kit.stack.processes import free_port
@@ -624,3 +624,47 @@ def test_wall_clock_closes_a_final_window_without_later_records(running):
     final = wait_for(lambda: committed(cluster, "quiet-final"), 30, "the quiet window to close by wall clock")
     assert len(final) == 1
     assert json.loads(final[0][1])["RESULTS"] == {"Apple Pie": 1}
+
+
+def test_a_statement_worker_0_did_not_pass_on_reaches_worker_1_from_the_command_topic(tmp_path):
+    """Worker 0 passes each statement it records to the other workers; one it did not (no worker pool
+    here) is found by worker 1's look at the command topic, which runs beside its loop."""
+    with EmbeddedStack(data_dir=tmp_path / "stack", services=("broker", "registry")) as stack:
+        cluster = from_stack(stack)
+        create_topics(cluster)
+        register_value_schemas(cluster)
+        leader = EngineRuntime(cluster, engine_id="missed", workers=2).start()
+        follower = EngineRuntime(cluster, engine_id="missed", worker=1, workers=2, command_topic_interval_s=1.0).start()
+        try:
+            assert leader.ready.wait(60) and follower.ready.wait(60)
+            pipeline = read_pipeline(KSQL_DIR)
+            leader.execute(pipeline[0].text)  # the entries stream
+            leader.execute(pipeline[2].text)  # respondents: placed on worker 0
+            leader.execute(pipeline[3].text)  # responses: placed on worker 1, which nobody told
+            wait_for(lambda: "SURVEY_RESPONSES" in follower.engine.sources, 30, "worker 1 to read the statements from the command topic")
+            wait_for(lambda: [q.plan.sink.name for q in follower.engine.running_queries()] == ["SURVEY_RESPONSES"], 10,
+                     "worker 1 to run the query placed on it")
+            assert [q.plan.sink.name for q in leader.engine.running_queries()] == ["SURVEY_RESPONDENTS"]
+        finally:
+            follower.stop()
+            leader.stop()
+
+
+def test_what_a_read_of_the_command_topic_found_before_a_rebuild_is_not_applied_after_it(tmp_path):
+    """A restarted embedded broker comes back without its topics: statements a background read found in the
+    old command topic are not the new topic's, and a worker that rebuilt since drops them."""
+    with EmbeddedStack(data_dir=tmp_path / "stack", services=("broker", "registry")) as stack:
+        cluster = from_stack(stack)
+        create_topics(cluster)
+        register_value_schemas(cluster)
+        follower = EngineRuntime(cluster, engine_id="stale", worker=1, workers=2).start()
+        try:
+            assert follower.ready.wait(60)
+            stream = Command(read_pipeline(KSQL_DIR)[0].text.strip().rstrip(";"), {}).encode()  # as recorded: no ';'
+            follower._recorded.put((follower._rebuilds - 1, [(0, stream)]))  # read before the last rebuild
+            time.sleep(1.0)
+            assert "SURVEY_ENTRIES" not in follower.engine.sources
+            follower._recorded.put((follower._rebuilds, [(0, stream)]))  # read since: applied
+            wait_for(lambda: "SURVEY_ENTRIES" in follower.engine.sources, 10, "the statement read since the rebuild")
+        finally:
+            follower.stop()

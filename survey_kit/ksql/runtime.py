@@ -160,6 +160,7 @@ class EngineRuntime:
         batch_size: int = 5_000,
         worker: int = 0,
         workers: int = 1,
+        command_topic_interval_s: float = 30.0,
     ):
         if not 0 <= worker < workers:
             raise ValueError(f"worker must be in 0..{workers - 1}, got {worker}")
@@ -187,8 +188,13 @@ class EngineRuntime:
         self._commands: list[Command] = self._read_backup()
         self._owners: dict[str, int] = {}  # query id -> the worker that runs it
         self._command_offset = 0  # followers: the next record of the command topic to apply
-        self._recorded: queue.SimpleQueue = queue.SimpleQueue()  # followers: (offset, command) worker 0 recorded
+        # followers: (rebuild, [(offset, command), ...]) worker 0 recorded (rebuild None: passed on by worker 0)
+        # or the command topic held when read in the background during that rebuild's lifetime
+        self._recorded: queue.SimpleQueue = queue.SimpleQueue()
+        self._rebuilds = 0  # how many times the clients and the engine were rebuilt from the broker
         self._last_follow = 0.0
+        self._command_reader: threading.Thread | None = None  # followers: the periodic read of the command topic
+        self.command_topic_interval = command_topic_interval_s
         # worker 0: told the (offset, command) of the statements each request recorded, all at once, so
         # that another worker starts a request's queries together, as worker 0 does (under its lock)
         self.on_recorded: Callable[[list[tuple[int, bytes]]], None] | None = None
@@ -277,8 +283,10 @@ class EngineRuntime:
         now = time.monotonic()
         if self.leader:
             self._apply_subscriptions()
-        elif not self._recorded.empty() or now - self._last_follow > 30.0:
+        elif not self._recorded.empty():
             self._follow_commands()
+        elif now - self._last_follow > self.command_topic_interval:
+            self._look_at_command_topic()
         if self._resync_wanted or now - self._last_resync > 2.0:
             self._sync_assignment()
         chunks, errors, drained = self._fetch_chunks() if self.leader else self._fed_chunks()
@@ -743,6 +751,7 @@ class EngineRuntime:
             self._recovered()
 
     def _rebuild(self) -> None:
+        self._rebuilds += 1  # what a background read of the command topic found before this is stale
         self._close_clients()
         if not self.leader:
             self._inbox.renew()  # what worker 0 handed on is read again from the restored positions
@@ -846,24 +855,56 @@ class EngineRuntime:
 
     def commands_recorded(self, recorded: list[tuple[int, bytes]]) -> None:
         """Workers other than 0: the (offset, command) statements one request to worker 0 recorded; applied together at the next step."""
-        self._recorded.put(recorded)
+        self._recorded.put((None, recorded))
+
+    def _look_at_command_topic(self) -> None:
+        """Workers other than 0: every `command_topic_interval_s` (30 s), in the background, queue what the
+        command topic holds for `_follow_commands`.
+
+        A safety net for a statement worker 0 recorded and did not pass on. The
+        read takes the embedded broker about a second when it is busy, and the
+        loop must not stall for it: the queries of this worker would pause, and
+        worker 0 with them once this worker's feed is full. What it finds is
+        dropped if the worker rebuilt meanwhile (a restarted embedded broker
+        comes back without its topics: the old topic's statements are not the
+        new one's).
+        """
+        self._last_follow = time.monotonic()
+        if self._command_reader is not None and self._command_reader.is_alive():
+            return
+        rebuild = self._rebuilds
+
+        def read() -> None:
+            try:
+                recorded = [(m.offset(), m.value()) for m in self._read_topic(self.command_topic) if m.value()]
+            except (KafkaException, RuntimeUnavailable) as exc:
+                log.debug("could not read the command topic (%s); trying again later", _text(exc))
+                return
+            if recorded:
+                self._recorded.put((rebuild, recorded))
+
+        self._command_reader = threading.Thread(target=read, name="ksql-command-topic", daemon=True)
+        self._command_reader.start()
 
     def _follow_commands(self) -> None:
         """Workers other than 0: apply the statements worker 0 recorded since the last look.
 
         Worker 0 passes each one on as it records it (through the worker pool);
-        the command topic is read instead when one was missed (an offset gap)
-        and, as a safety net, every 30 s (a read of the topic to its end takes
-        the embedded broker a while: not on every step).
+        the command topic is read instead when one was missed (an offset gap),
+        and now and then in the background (`_look_at_command_topic`).
         """
         self._last_follow = time.monotonic()
-        told = []
+        told: dict[int, bytes] = {}  # by offset: the background read and worker 0 may tell the same statement
         while not self._recorded.empty():
-            told += self._recorded.get()
-        fresh = [(offset, command) for offset, command in told if offset >= self._command_offset]
-        if told and not fresh:
+            rebuild, recorded = self._recorded.get()
+            if rebuild is None or rebuild == self._rebuilds:
+                told.update(recorded)
+        if not told:
+            return  # only what a background read found before the last rebuild, which read the topic anew
+        fresh = sorted((offset, command) for offset, command in told.items() if offset >= self._command_offset)
+        if not fresh:
             return  # already applied (read at the last rebuild)
-        if fresh and [offset for offset, _ in fresh] == list(range(self._command_offset, self._command_offset + len(fresh))):
+        if [offset for offset, _ in fresh] == list(range(self._command_offset, self._command_offset + len(fresh))):
             pending = [(offset, Command.decode(command)) for offset, command in fresh]
         else:
             # read from the beginning: a read starting near the end stalls on the embedded broker, whose
