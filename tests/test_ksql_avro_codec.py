@@ -438,12 +438,9 @@ def test_garbled_values_are_record_errors(payload, reason):
         fmt.deserialize(confluent(schema_id, payload))
 
 
-def test_randomly_damaged_values_read_as_fastavro_reads_them_or_are_record_errors():
-    store = InMemorySchemaStore()
-    fmt, schema_id = entries_format(store)
-    rng = random.Random(5)
-    originals = [fastavro_bytes(ENTRY, random_entry(rng)) for _ in range(50)]
-    for _ in range(20_000):
+def damaged(rng: random.Random, originals: list[bytes], count: int):
+    """`count` copies of the originals, each with one to three bytes changed, cut off or inserted."""
+    for _ in range(count):
         payload = bytearray(rng.choice(originals))
         for _ in range(rng.randrange(1, 4)):
             at = rng.randrange(len(payload) + 1)
@@ -454,7 +451,15 @@ def test_randomly_damaged_values_read_as_fastavro_reads_them_or_are_record_error
                 del payload[at:]
             else:
                 payload.insert(at, rng.randrange(256))
-        payload = bytes(payload)
+        yield bytes(payload)
+
+
+def test_randomly_damaged_values_read_as_fastavro_reads_them_or_are_record_errors():
+    store = InMemorySchemaStore()
+    fmt, schema_id = entries_format(store)
+    rng = random.Random(5)
+    originals = [fastavro_bytes(ENTRY, random_entry(rng)) for _ in range(50)]
+    for payload in damaged(rng, originals, 20_000):
         try:
             expected = {name.upper(): value for name, value in fastavro_value(ENTRY, payload).items()}
         except Exception:
@@ -595,18 +600,7 @@ def test_the_compiled_reader_reads_damaged_payloads_as_cavro_does_or_fails_as_it
     writer = cavro.Schema(READER_SCHEMA, parse_json=False)
     rng = random.Random(11)
     originals = [writer.binary_encode(random_flat_record(rng)) for _ in range(50)]
-    for _ in range(20_000):
-        payload = bytearray(rng.choice(originals))
-        for _ in range(rng.randrange(1, 4)):
-            at = rng.randrange(len(payload) + 1)
-            change = rng.randrange(3)
-            if change == 0 and at < len(payload):
-                payload[at] = rng.randrange(256)
-            elif change == 1:
-                del payload[at:]
-            else:
-                payload.insert(at, rng.randrange(256))
-        payload = bytes(payload)
+    for payload in damaged(rng, originals, 20_000):
         expected = read_or_error(library, payload)
         got = read_or_error(read, payload)
         assert got == expected or same(got, expected), payload

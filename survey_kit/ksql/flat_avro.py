@@ -61,18 +61,12 @@ def flat_record_writer(schema: Any, fallback: Callable[[Any], bytes]) -> Callabl
     `fallback` writes a whole record the slow way; it gets every record this
     function does not write itself (see the module docstring).
     """
-    if not isinstance(schema, dict) or schema.get("type") != "record":
-        return None
-    fields = schema.get("fields")
-    if not isinstance(fields, list) or not fields:
+    fields = _flat_fields(schema)
+    if fields is None:
         return None
     body = ["def write(record):", "    if type(record) is not dict:", "        return fallback(record)", "    get = record.get"]
     parts = []
-    for i, field in enumerate(fields):
-        name, kind = field.get("name"), _field_kind(field.get("type"))
-        if kind is None or not isinstance(name, str):
-            return None
-        primitive, null_branch, value_branch = kind
+    for i, (name, primitive, null_branch, value_branch) in enumerate(fields):
         part = f"p{i}"
         parts.append(part)
         condition, value = _value(primitive, value_branch)
@@ -88,6 +82,23 @@ def flat_record_writer(schema: Any, fallback: Callable[[Any], bytes]) -> Callabl
     namespace.update((f"LENGTHS{branch.hex()}", table) for branch, table in _LENGTHS.items())
     exec(compile("\n".join(body), f"<avro writer for {schema.get('name')}>", "exec"), namespace)  # noqa: S102 -- our own generated source
     return namespace["write"]
+
+
+def _flat_fields(schema: Any) -> list[tuple[str, str, bytes | None, bytes]] | None:
+    """(name, primitive, bytes of the null branch or None, bytes before a value) per field of a flat record
+    schema; None for any other schema."""
+    if not isinstance(schema, dict) or schema.get("type") != "record":
+        return None
+    fields = schema.get("fields")
+    if not isinstance(fields, list) or not fields:
+        return None
+    flat = []
+    for field in fields:
+        name, kind = field.get("name"), _field_kind(field.get("type"))
+        if kind is None or not isinstance(name, str):
+            return None
+        flat.append((name, *kind))
+    return flat
 
 
 def _field_kind(avro_type) -> tuple[str, bytes | None, bytes] | None:
@@ -123,20 +134,12 @@ def flat_record_reader(schema: Any, renames: list[tuple[str, str]], fallback: Ca
     `fallback` reads a whole payload the slow way; it gets every payload this
     function does not read itself (see the module docstring).
     """
-    if not isinstance(schema, dict) or schema.get("type") != "record":
-        return None
-    fields = schema.get("fields")
-    if not isinstance(fields, list) or not fields:
-        return None
+    fields = _flat_fields(schema)
     wanted = {field: f"v{i}" for i, (_, field) in enumerate(renames)}
-    if len(wanted) != len(renames):
-        return None  # a field read into two keys: not a plain renaming
+    if fields is None or len(wanted) != len(renames):  # not flat, or a field read into two keys
+        return None
     body = ["def read(b):", "    try:", "        p = 0", "        end = len(b)"]
-    for field in fields:
-        name, kind = field.get("name"), _field_kind(field.get("type"))
-        if kind is None or not isinstance(name, str):
-            return None
-        primitive, null_branch, value_branch = kind
+    for name, primitive, null_branch, value_branch in fields:
         target = wanted.pop(name, None)
         lines = _read_value(primitive, target)
         if null_branch is not None:
