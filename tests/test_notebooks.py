@@ -378,3 +378,13 @@ def test_the_demo_says_when_results_do_not_add_up(tmp_path):
     (tmp_path / "comparison.json").write_text(json.dumps({"summary": {"rows": 12, "agree": 9, "differ": 3, "unexplained": 0}}))
     explained = _demo_summary(tmp_path / "comparison.json", tmp_path / "report.json")
     assert "9 of 12 result rows agree with the independent recomputation; 3 differ, each for the reason it gives" in explained
+
+
+def test_workshop_live_part_stopped_early_ends_at_once_and_says_the_respondents_still_answer(workshop, reports):
+    """The live part ends at duration_s (or the stop button) even while simulated respondents still answer."""
+    started = time.monotonic()
+    run_dir = run_notebook("workshop", {"respondents": 300, "duration_s": 3, **WINDOWS, "final_wait_s": 1}, reports)
+    printed = _printed(run_dir / "01_workshop.ipynb")
+    assert "The simulated respondents are still answering; `simulation` holds their figures once they are done." in printed
+    assert "no simulation" not in printed
+    assert time.monotonic() - started < 120, "the run waited for the respondents"
