@@ -145,14 +145,16 @@ def flat_record_reader(schema: Any, renames: list[tuple[str, str]], fallback: Ca
         if null_branch is not None:
             null_byte, value_byte = null_branch[0], value_branch[0]  # branch 0 or 1: one byte each
             lines = ["i = b[p]", "p += 1", f"if i == {null_byte}:", f"    {target or '_'} = None",
-                     f"elif i == {value_byte}:", *(f"    {line}" for line in lines), "else:", "    return fallback(b)"]
+                     f"elif i == {value_byte}:", *(f"    {line}" for line in lines), "else:", "    raise Unread"]
         body += [f"        {line}" for line in lines]
     if wanted:
         return None  # a key from a field the schema lacks: not a plain renaming
-    body += ["        if p != end:", "            return fallback(b)",  # bytes left over
-             "    except Exception:", "        return fallback(b)",  # raises the library's own error, or reads what it reads
+    body += ["        if p != end:", "            raise Unread",  # bytes left over
+             # anything not read here (Unread, an index past the end, not UTF-8, a short double): the library
+             # reads it as it reads it, or raises its own error
+             "    except Exception:", "        return fallback(b)",
              "    return {" + ", ".join(f"{key!r}: v{i}" for i, (key, _) in enumerate(renames)) + "}"]
-    namespace = {"__name__": __name__, "fallback": fallback, "long_at": _long_at, "double_at": _DOUBLE_AT,
+    namespace = {"__name__": __name__, "fallback": fallback, "Unread": _Unread, "long_at": _long_at, "double_at": _DOUBLE_AT,
                  "INT_MIN": _INT_MIN, "INT_MAX": _INT_MAX, "LONG_MIN": _LONG_MIN, "LONG_MAX": _LONG_MAX}
     exec(compile("\n".join(body), f"<avro reader for {schema.get('name')}>", "exec"), namespace)  # noqa: S102 -- our own generated source
     return namespace["read"]
@@ -161,19 +163,23 @@ def flat_record_reader(schema: Any, renames: list[tuple[str, str]], fallback: Ca
 def _read_value(primitive: str, target: str | None) -> list[str]:
     """Statements reading a `primitive` at position `p` of `b` into `target` (None: skipped), advancing `p`."""
     if primitive == "double":
-        return ([f"{target} = double_at(b, p)[0]"] if target else ["if end < p + 8:", "    return fallback(b)"]) + ["p += 8"]
+        return ([f"{target} = double_at(b, p)[0]"] if target else ["if end < p + 8:", "    raise Unread"]) + ["p += 8"]
     if primitive == "boolean":
-        return ["i = b[p]", "p += 1", "if i > 1:", "    return fallback(b)", f"{target or '_'} = i == 1"]
+        return ["i = b[p]", "p += 1", "if i > 1:", "    raise Unread", f"{target or '_'} = i == 1"]
     if primitive == "string":
         # the length, zig-zag varint: one even byte when under 64 (a slice past the end is short: checked after);
         # a skipped string is decoded too, as the library checks it is UTF-8
         return ["n = b[p]", "if n < 0x80 and not n & 1:", "    p += 1", "    q = p + (n >> 1)",
-                "else:", "    n, p = long_at(b, p)", "    if n < 0:", "        return fallback(b)", "    q = p + n",
-                f"{target or '_'} = b[p:q].decode()", "if q > end:", "    return fallback(b)", "p = q"]
+                "else:", "    n, p = long_at(b, p)", "    if n < 0:", "        raise Unread", "    q = p + n",
+                f"{target or '_'} = b[p:q].decode()", "if q > end:", "    raise Unread", "p = q"]
     # a long or an int: zig-zag varint, one byte when under 64
     low, high = ("INT_MIN", "INT_MAX") if primitive == "int" else ("LONG_MIN", "LONG_MAX")
     return ["n = b[p]", "if n < 0x80:", "    p += 1", "    n = (n >> 1) ^ -(n & 1)", "else:", "    n, p = long_at(b, p)",
-            f"if not {low} <= n <= {high}:", "    return fallback(b)", *([f"{target} = n"] if target else [])]
+            f"if not {low} <= n <= {high}:", "    raise Unread", *([f"{target} = n"] if target else [])]
+
+
+class _Unread(Exception):
+    """Raised inside a compiled reader for a payload it leaves to the library."""
 
 
 def _long_at(data: bytes, position: int) -> tuple[int, int]:
