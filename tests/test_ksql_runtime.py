@@ -660,11 +660,11 @@ def test_what_a_read_of_the_command_topic_found_before_a_rebuild_is_not_applied_
         follower = EngineRuntime(cluster, engine_id="stale", worker=1, workers=2).start()
         try:
             assert follower.ready.wait(60)
-            stream = Command(read_pipeline(KSQL_DIR)[0].text.strip().rstrip(";"), {}).encode()  # as recorded: no ';'
+            stream, table = (Command(script.text.strip().rstrip(";"), {}).encode() for script in read_pipeline(KSQL_DIR)[:2])  # as recorded: no ';'
             follower._recorded.put((follower._rebuilds - 1, [(0, stream)]))  # read before the last rebuild
-            time.sleep(1.0)
-            assert "SURVEY_ENTRIES" not in follower.engine.sources
-            follower._recorded.put((follower._rebuilds, [(0, stream)]))  # read since: applied
-            wait_for(lambda: "SURVEY_ENTRIES" in follower.engine.sources, 10, "the statement read since the rebuild")
+            wait_for(follower._recorded.empty, 10, "the worker to take the stale read")
+            follower._recorded.put((follower._rebuilds, [(0, table)]))  # the new topic's first statement: applied
+            wait_for(lambda: "SURVEY_QUESTIONS" in follower.engine.sources, 10, "the statement read since the rebuild")
+            assert "SURVEY_ENTRIES" not in follower.engine.sources  # had the stale one been applied, offset 0 was taken
         finally:
             follower.stop()
