@@ -117,7 +117,8 @@ def ceiling(cluster, count: int, decoder) -> float:
     """Entries/s of consuming and Avro-decoding the topic with no processing (`decoder(writer schema)` -> decode)."""
     # librdkafka waits fetch.queue.backoff.ms (1 s by default) before fetching again once it holds
     # queued.min.messages: a reader faster than one fetch a second then waits out that second (this
-    # ceiling read 139k entries/s with it, 165-220k without); the engine's consumer sets it too
+    # ceiling read 139k entries/s with it, 165-220k without); the engine's consumer backs off 10 ms too,
+    # but fetches only once what it holds is taken (queued.min.messages 1: caught up, fewer fetches)
     consumer = Consumer(cluster.consumer_config(**{"enable.partition.eof": True, "fetch.wait.max.ms": 10,
                                                    "queued.min.messages": 100_000, "fetch.queue.backoff.ms": 10}))
     consumer.assign([TopicPartition(cluster.topics.entries, 0, OFFSET_BEGINNING)])

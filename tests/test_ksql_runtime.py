@@ -30,6 +30,7 @@ from survey_kit.ksql.engine import Engine
 from survey_kit.ksql.formats import RegistrySchemaStore
 from survey_kit.ksql.pipeline import read_pipeline
 from survey_kit.ksql.rest import KsqlRestClient, KsqlServerError
+from survey_kit.ksql import runtime as runtime_module
 from survey_kit.ksql.runtime import Command, EngineRuntime, in_timestamp_order
 from survey_kit.serde import avro_producer
 from survey_kit.stack import EmbeddedStack
@@ -361,6 +362,48 @@ def test_a_pipeline_applied_to_existing_topics_joins_every_entry_to_its_question
             assert live[b"1"]["QUESTION"] == "Which pie?"
         finally:
             engine.stop()
+
+
+def test_a_backlog_waits_paused_for_the_other_partitions_so_every_entry_joins_its_question(tmp_path, monkeypatch):
+    """After an assignment worker 0 holds what a partition delivers until every partition was heard from,
+    at most `_HOLD_AFTER_ASSIGNMENT`. The partition that delivered is paused meanwhile: fetched on, a
+    backlog of entries took every fetch of the embedded broker, in memory, until the hold ran out, and
+    entries then went ahead of their question. Here worker 1 subscribes after worker 0 began, so worker
+    0 is assigned anew to read the backlog again for it, as in the engine's worker pool."""
+    monkeypatch.setattr(runtime_module, "_HOLD_AFTER_ASSIGNMENT", 0.2)  # reading the backlog takes longer
+    entries = 150_000
+    with EmbeddedStack(data_dir=tmp_path / "stack", services=("broker", "registry")) as stack:
+        cluster = from_stack(stack)
+        create_topics(cluster)
+        register_value_schemas(cluster)
+        survey = Survey(cluster)
+        survey.question("1", timestamp=1)
+        for user in range(entries):
+            survey.entry("1", user, OPTIONS["1"][user % 3], 1_000 + user)
+            if user % 50_000 == 49_999:
+                survey.flush()  # the producer holds at most 100,000
+        survey.flush()
+        leader = EngineRuntime(cluster, engine_id="backlog", workers=2)
+        follower = EngineRuntime(cluster, engine_id="backlog", worker=1, workers=2)
+        # what the worker pool passes between the processes (workers.py), here between two threads
+        leader.on_recorded = follower.commands_recorded
+        leader.on_forward = lambda worker, generation, chunks: follower.feed(generation, chunks)
+        follower.on_subscribe = lambda generation, positions: leader.follower_subscribed(1, generation, positions)
+        leader.start()
+        try:
+            assert leader.ready.wait(60)
+            leader.execute("\n".join(script.text for script in read_pipeline(KSQL_DIR, SHORT_WINDOW)))
+            wait_for(lambda: leader.status()["records_in"] > 0, 30, "worker 0 to start on the backlog")
+            follower.start()  # responses and the final histogram: worker 1 needs the backlog from its start
+            for runtime in (leader, follower):
+                wait_for(lambda: runtime.status()["records_in"] >= entries + 1, 60, "the workers to read the backlog")
+                wait_for(lambda: runtime.status()["uncommitted"] == 0, 10, "the workers to commit")
+            live = [value for key, value in decoded(cluster, "survey-results-live") if key == b"1"]
+            assert sum(live[-1]["RESULTS"].values()) == entries
+            assert [value["QUESTION"] for value in live if value["QUESTION"] != "Which pie?"] == []
+        finally:
+            follower.stop()
+            leader.stop()
 
 
 def test_records_are_processed_in_timestamp_order_across_partitions():
