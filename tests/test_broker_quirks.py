@@ -102,8 +102,9 @@ def test_a_fetch_costs_the_broker_time_in_proportion_to_the_batches_in_the_parti
     the broker from 23% to 46% of a core in 10 s). Kafka's cost per fetch does not depend on that.
 
     The workaround: the ksql engine reads its source topics with one consumer however many worker
-    processes it runs (worker 0 hands the records on), and commits caught-up work at most every 10 ms,
-    each commit adding two batches to every output partition it writes.
+    processes it runs (worker 0 hands the records on), which fetches again only once the engine took
+    what it fetched, and commits caught-up work at most every 10 ms, each commit adding two batches to
+    every output partition it writes.
     """
     with EmbeddedStack(services=("broker",)) as stack:
         admin = AdminClient({"bootstrap.servers": stack.bootstrap_servers})
