@@ -341,18 +341,25 @@ def test_a_killed_server_takes_its_workers_with_it(tmp_path):
             engine.stop()
 
 
+def question_then_entries(cluster, entries: int) -> None:
+    """On new topics: survey 1's question, then `entries` entries answering it, timestamped after it."""
+    create_topics(cluster)
+    register_value_schemas(cluster)
+    survey = Survey(cluster)
+    survey.question("1", timestamp=1)
+    for user in range(entries):
+        survey.entry("1", user, OPTIONS["1"][user % 3], 1_000 + user)
+        if user % 50_000 == 49_999:
+            survey.flush()  # the producer holds at most 100,000
+    survey.flush()
+
+
 def test_a_pipeline_applied_to_existing_topics_joins_every_entry_to_its_question(tmp_path):
     """The queries read both topics from their beginning; whichever a fetch returns first, records are
     processed in timestamp order (as Kafka Streams does), so the earlier question joins every entry."""
     with EmbeddedStack(data_dir=tmp_path / "stack", services=("broker", "registry")) as stack:
         cluster = from_stack(stack)
-        create_topics(cluster)
-        register_value_schemas(cluster)
-        survey = Survey(cluster)
-        survey.question("1", timestamp=1)
-        for user in range(200):
-            survey.entry("1", user, OPTIONS["1"][user % 3], 1_000 + user)
-        survey.flush()
+        question_then_entries(cluster, 200)
         engine = EngineProcess(stack, tmp_path / "engine").start()
         try:
             with engine.client() as client:
@@ -374,15 +381,7 @@ def test_a_backlog_waits_paused_for_the_other_partitions_so_every_entry_joins_it
     entries = 150_000
     with EmbeddedStack(data_dir=tmp_path / "stack", services=("broker", "registry")) as stack:
         cluster = from_stack(stack)
-        create_topics(cluster)
-        register_value_schemas(cluster)
-        survey = Survey(cluster)
-        survey.question("1", timestamp=1)
-        for user in range(entries):
-            survey.entry("1", user, OPTIONS["1"][user % 3], 1_000 + user)
-            if user % 50_000 == 49_999:
-                survey.flush()  # the producer holds at most 100,000
-        survey.flush()
+        question_then_entries(cluster, entries)
         leader = EngineRuntime(cluster, engine_id="backlog", workers=2)
         follower = EngineRuntime(cluster, engine_id="backlog", worker=1, workers=2)
         # what the worker pool passes between the processes (workers.py), here between two threads
