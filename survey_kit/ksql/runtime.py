@@ -212,7 +212,6 @@ class EngineRuntime:
         self._held: dict[tuple[str, int], list[tuple]] = {}
         self._released: collections.deque[tuple[tuple[str, int], list[tuple]]] = collections.deque()
         self._hold_until = 0.0
-        self._paused: list[TopicPartition] = []  # partitions that delivered while others were not heard from
         # other workers: told (generation, positions) to subscribe; fed worker 0's fetches, of this generation only
         self.on_subscribe: Callable[[int, dict[tuple[str, int], int]], None] | None = None
         self._subscribed: set[tuple[str, int]] | None = None  # None: to subscribe (again) at the next assignment
@@ -376,12 +375,10 @@ class EngineRuntime:
                 # a partition that delivered waits for the others, paused: it would otherwise fill memory
                 # with a backlog and, on the embedded broker, take every fetch (its other partitions'
                 # first records came only after the whole backlog)
-                delivered = [TopicPartition(*where) for where in runs]
-                if delivered:
-                    self._consumer.pause(delivered)
-                    self._paused += delivered
+                if runs:
+                    self._consumer.pause([TopicPartition(*where) for where in runs])
                 return [], errors, True
-            self._resume_paused()
+            self._resume_fetching()
             # what was held goes on a batch at a time
             self._released.extend((where, run[i:i + self.batch_size]) for where, run in in_timestamp_order(self._held)
                                   for i in range(0, len(run), self.batch_size))
@@ -393,11 +390,11 @@ class EngineRuntime:
             self._forward(chunks)
         return chunks, errors, len(messages) < self.batch_size and not self._released
 
-    def _resume_paused(self) -> None:
-        """Worker 0: fetch again the partitions paused while holding (see `_fetch_chunks`)."""
-        if self._paused:
-            self._consumer.resume(self._paused)
-            self._paused = []
+    def _resume_fetching(self) -> None:
+        """Worker 0: fetch again every partition, those paused while holding too (see `_fetch_chunks`)."""
+        assigned = self._consumer.assignment()
+        if assigned:
+            self._consumer.resume(assigned)
 
     def _take_released(self) -> list:
         """Worker 0: the next chunks of what was held after an assignment, up to a batch."""
@@ -1115,7 +1112,7 @@ class EngineRuntime:
                 # the first offset itself: a partition assigned at a logical offset looks it up first and
                 # may then deliver after another one that holds later records
                 starts[(topic, partition)] = self._consumer.get_watermark_offsets(TopicPartition(topic, partition), timeout=10)[0]
-        self._resume_paused()
+        self._resume_fetching()  # a pause could outlast the assignment
         self._consumer.assign([TopicPartition(t, p, offset) for (t, p), offset in sorted(starts.items())])
         self._fetching = starts
         self._reassign = False
@@ -1208,7 +1205,6 @@ class EngineRuntime:
 
     def _close_clients(self) -> None:
         consumer, self._consumer = self._consumer, None
-        self._paused = []  # a new consumer starts with nothing paused
         if consumer is not None:
             try:
                 consumer.close()
