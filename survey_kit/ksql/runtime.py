@@ -931,7 +931,10 @@ class EngineRuntime:
         with self._lock:
             self._commit()  # what was processed under the old statements is committed under them
             for offset, command in pending:
-                self._replay(command)
+                if not self._replay(command):
+                    # worker 0 ran it, so this worker's statements are not worker 0's (it read the topic while
+                    # worker 0 wrote it again after a broker restart): read them all again, as a rebuild does
+                    raise RuntimeUnavailable(f"a statement worker 0 recorded does not run here; reading {self.command_topic} again")
                 self._command_offset = offset + 1
             self._ensure_sink_topics()
             self._resync_wanted = True
