@@ -80,7 +80,9 @@ def test_unknown_topics_are_auto_created_with_four_partitions(cluster):
     producer.produce(name, value=b"x")
     producer.flush(10)
     assert len(admin.list_topics(name, timeout=10).topics[name].partitions) == 4
-    # The workaround: create_topics creates every survey topic explicitly with the configured count.
+    # The workaround: create_topics creates every survey topic explicitly with the configured count. A
+    # producer that wrote to a topic before the broker restarted creates it again this way, before anyone
+    # can create it: the ksql runtime writes its ordered logs (statements, checkpoints) to partition 0 only.
     for report in create_topics(cluster):
         assert report.partitions == cluster.settings.partitions
 

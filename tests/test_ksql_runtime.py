@@ -710,3 +710,32 @@ def test_what_a_read_of_the_command_topic_found_before_a_rebuild_is_not_applied_
             assert "SURVEY_ENTRIES" not in follower.engine.sources  # had the stale one been applied, offset 0 was taken
         finally:
             follower.stop()
+
+
+def test_statements_are_rebuilt_in_order_from_a_command_topic_with_several_partitions(tmp_path):
+    """A restarted embedded broker creates the command topic with 4 partitions when a client still asks
+    about it before the engine creates it (tests/test_broker_quirks.py): the statements stay in the order
+    they ran, so an engine rebuilt from them runs every query."""
+    from confluent_kafka.admin import AdminClient, NewTopic
+
+    with EmbeddedStack(data_dir=tmp_path / "stack", services=("broker", "registry")) as stack:
+        cluster = from_stack(stack)
+        create_topics(cluster)
+        register_value_schemas(cluster)
+        first = EngineRuntime(cluster, engine_id="scattered")
+        admin = AdminClient({"bootstrap.servers": cluster.bootstrap_servers})
+        admin.create_topics([NewTopic(first.command_topic, 4, 1)])[first.command_topic].result()
+        first.start()
+        try:
+            assert first.ready.wait(60)
+            for script in read_pipeline(KSQL_DIR):
+                first.execute(script.text)
+        finally:
+            first.stop()
+        rebuilt = EngineRuntime(cluster, engine_id="scattered").start()
+        try:
+            assert rebuilt.ready.wait(60)
+            assert sorted(q.plan.sink.name for q in rebuilt.engine.running_queries()) == [
+                "SURVEY_RESPONDENTS", "SURVEY_RESPONSES", "SURVEY_RESULTS_FINAL", "SURVEY_RESULTS_LIVE"]
+        finally:
+            rebuilt.stop()

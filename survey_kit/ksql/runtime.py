@@ -73,6 +73,10 @@ RUNTIME_DEFAULT_PROPERTIES = {CACHE_BYTES: str(10 * 1024 * 1024)}
 # Statements that change what the engine runs: they are recorded in the command topic.
 _COMMANDS = (ast.CreateSource, ast.CreateAsSelect, ast.Drop, ast.Terminate)
 CHECKPOINT_KEY = b"checkpoint"
+# The command topic and the changelog are logs read in order: they are written to and read from this one
+# partition, whatever the topic has. The embedded broker, restarted, creates a topic a client still asks
+# about with 4 partitions, before the engine can create it with one.
+_LOG_PARTITION = 0
 # records handed on to a worker that it may hold before worker 0 waits for it: a few batches when it is
 # behind; caught up (fetches of a few records), enough that a pause of the worker (a commit, a read of the
 # command topic) does not hold worker 0 up
@@ -548,7 +552,8 @@ class EngineRuntime:
                 "offsets": [[t, p, o] for (t, p), o in self._positions.items() if o >= 0],
                 "ends": [[t, p, o] for (t, p), o in self._output_ends.items()],
             }
-            self._producer.produce(self.changelog_topic, json.dumps(checkpoint, separators=(",", ":")).encode(), CHECKPOINT_KEY)
+            self._producer.produce(self.changelog_topic, json.dumps(checkpoint, separators=(",", ":")).encode(), CHECKPOINT_KEY,
+                                   partition=_LOG_PARTITION)
             offsets = [TopicPartition(t, p, o) for (t, p), o in self._positions.items() if o >= 0]
             if offsets and self._consumer is not None and not self.cluster.embedded and time.monotonic() - self._last_group_offsets > 5.0:
                 # also in the consumer group, where lag monitors look (every 5 s: it adds two round trips to a
@@ -713,7 +718,7 @@ class EngineRuntime:
             else:
                 offsets.append(message.offset())
 
-        self._command_producer.produce(self.command_topic, command.encode(), on_delivery=delivered)
+        self._command_producer.produce(self.command_topic, command.encode(), partition=_LOG_PARTITION, on_delivery=delivered)
         remaining = self._command_producer.flush(30)
         if remaining or failures:
             reason = failures[0].str() if failures else "timed out"
@@ -786,7 +791,7 @@ class EngineRuntime:
         except KafkaException as exc:
             raise RuntimeUnavailable(f"cannot start a Kafka transaction: {_text(exc)}") from None
         self._producer = producer
-        recorded = self._read_topic(self.command_topic)
+        recorded = self._read_log(self.command_topic)
         self._command_offset = recorded[-1].offset() + 1 if recorded else 0
         commands = [Command.decode(m.value()) for m in recorded if m.value()]
         if not commands and self._commands and self.leader:
@@ -798,10 +803,16 @@ class EngineRuntime:
             replay_and_record = False
         self.engine = self._new_engine()
         self._owners = {}
-        applied = [command for command in commands if self._replay(command)]
-        if not self.leader and len(applied) < len(commands):
-            # worker 0 recorded (and so ran) each of them: this read caught it rewriting the topic
-            raise RuntimeUnavailable(f"{self.command_topic} is being written again (the broker lost it); reading it again")
+        applied = []
+        for command in commands:
+            try:
+                self._replay(command)
+            except KsqlError as exc:
+                if not self.leader:
+                    raise self._not_worker_0s(exc) from None
+                log.error("cannot re-run a recorded statement, skipping it: %s", exc)
+                continue
+            applied.append(command)
         if replay_and_record:
             for command in applied:
                 self._record(command, remember=False)
@@ -842,17 +853,17 @@ class EngineRuntime:
 
     # ------------------------------------------------------------ placement on workers
 
-    def _replay(self, command: Command) -> bool:
-        """Run a recorded statement again (rebuilding, or following worker 0); False if it now fails."""
-        try:
-            statement = parse_statement(StatementText(command.statement, 1, 1))
-            self._run(statement, command.properties)
-        except KsqlError as exc:
-            log.error("cannot re-run a recorded statement, skipping it: %s", exc)
-            return False
+    def _replay(self, command: Command) -> None:
+        """Run a recorded statement again (rebuilding, or following worker 0); KsqlError if it now fails."""
+        statement = parse_statement(StatementText(command.statement, 1, 1))
+        self._run(statement, command.properties)
         if isinstance(statement, ast.CreateAsSelect):
             self._place(statement, command.properties)
-        return True
+
+    def _not_worker_0s(self, exc: KsqlError) -> RuntimeUnavailable:
+        """Workers other than 0: a recorded statement failed here, so what this worker read is not what worker 0
+        ran (it read the command topic while worker 0 wrote it again after the broker lost it): read it again."""
+        return RuntimeUnavailable(f"a statement worker 0 recorded does not run here ({exc}); reading {self.command_topic} again")
 
     def _place(self, statement: ast.CreateAsSelect, properties: dict[str, str]) -> None:
         """Note which worker runs the query `statement` made; run it here if it is this one."""
@@ -891,7 +902,7 @@ class EngineRuntime:
 
         def read() -> None:
             try:
-                recorded = [(m.offset(), m.value()) for m in self._read_topic(self.command_topic) if m.value()]
+                recorded = [(m.offset(), m.value()) for m in self._read_log(self.command_topic) if m.value()]
             except (KafkaException, RuntimeUnavailable) as exc:
                 log.debug("could not read the command topic (%s); trying again later", _text(exc))
                 return
@@ -924,17 +935,17 @@ class EngineRuntime:
         else:
             # read from the beginning: a read starting near the end stalls on the embedded broker, whose
             # listed end offset can be short of the real one (see tests/test_broker_quirks.py)
-            pending = [(m.offset(), Command.decode(m.value())) for m in self._read_topic(self.command_topic)
+            pending = [(m.offset(), Command.decode(m.value())) for m in self._read_log(self.command_topic)
                        if m.value() and m.offset() >= self._command_offset]
         if not pending:
             return
         with self._lock:
             self._commit()  # what was processed under the old statements is committed under them
             for offset, command in pending:
-                if not self._replay(command):
-                    # worker 0 ran it, so this worker's statements are not worker 0's (it read the topic while
-                    # worker 0 wrote it again after a broker restart): read them all again, as a rebuild does
-                    raise RuntimeUnavailable(f"a statement worker 0 recorded does not run here; reading {self.command_topic} again")
+                try:
+                    self._replay(command)
+                except KsqlError as exc:
+                    raise self._not_worker_0s(exc) from None
                 self._command_offset = offset + 1
             self._ensure_sink_topics()
             self._resync_wanted = True
@@ -943,7 +954,7 @@ class EngineRuntime:
         """Replay the checkpoints: state changes, input offsets, output ends."""
         latest: dict[tuple, object] = {}
         checkpoints = 0
-        for message in self._read_topic(self.changelog_topic):
+        for message in self._read_log(self.changelog_topic):
             if message.key() != CHECKPOINT_KEY or message.value() is None:
                 continue
             checkpoint = json.loads(message.value())
@@ -1000,9 +1011,10 @@ class EngineRuntime:
             log.warning("a crash left %s output records past the last checkpoint; their repeats will be skipped",
                         ", ".join(f"{n} on {t}[{p}]" for (t, p), n in sorted(self._replayed.items())))
 
-    def _read_topic(self, topic: str) -> list:
-        """Every committed record of `topic`, to its end (end-of-partition, never the listed watermark)."""
-        partitions = self._partitions(topic)
+    def _read_log(self, topic: str) -> list:
+        """Every committed record of the command topic or the changelog, in order, to its end
+        (end-of-partition, never the listed watermark); none if the topic does not exist."""
+        partitions = [_LOG_PARTITION] if self._partitions(topic) else []
         consumer = Consumer(self.cluster.consumer_config(**{"enable.partition.eof": True, "isolation.level": "read_committed", "fetch.wait.max.ms": 10, **self._quiet}))
         records = []
         try:
