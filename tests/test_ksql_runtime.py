@@ -723,7 +723,7 @@ def test_statements_are_rebuilt_in_order_from_a_command_topic_with_several_parti
         create_topics(cluster)
         register_value_schemas(cluster)
         first = EngineRuntime(cluster, engine_id="scattered")
-        admin = AdminClient({"bootstrap.servers": cluster.bootstrap_servers})
+        admin = AdminClient(cluster.admin_config())
         admin.create_topics([NewTopic(first.command_topic, 4, 1)])[first.command_topic].result()
         first.start()
         try:

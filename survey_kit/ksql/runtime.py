@@ -862,7 +862,7 @@ class EngineRuntime:
 
     def _not_worker_0s(self, exc: KsqlError) -> RuntimeUnavailable:
         """Workers other than 0: a recorded statement failed here, so what this worker read is not what worker 0
-        ran (it read the command topic while worker 0 wrote it again after the broker lost it): read it again."""
+        ran (a read that raced a broker restart, say): read them all again, as a rebuild does."""
         return RuntimeUnavailable(f"a statement worker 0 recorded does not run here ({exc}); reading {self.command_topic} again")
 
     def _place(self, statement: ast.CreateAsSelect, properties: dict[str, str]) -> None:
@@ -1014,14 +1014,15 @@ class EngineRuntime:
     def _read_log(self, topic: str) -> list:
         """Every committed record of the command topic or the changelog, in order, to its end
         (end-of-partition, never the listed watermark); none if the topic does not exist."""
-        partitions = [_LOG_PARTITION] if self._partitions(topic) else []
+        if not self._partitions(topic):
+            return []
         consumer = Consumer(self.cluster.consumer_config(**{"enable.partition.eof": True, "isolation.level": "read_committed", "fetch.wait.max.ms": 10, **self._quiet}))
         records = []
         try:
-            consumer.assign([TopicPartition(topic, p, OFFSET_BEGINNING) for p in partitions])
-            open_partitions = set(partitions)
+            consumer.assign([TopicPartition(topic, _LOG_PARTITION, OFFSET_BEGINNING)])
+            at_end = False
             deadline = time.monotonic() + 10
-            while open_partitions:
+            while not at_end:
                 if time.monotonic() > deadline:
                     raise RuntimeUnavailable(f"reading {topic} to its end stalled for 10 s")
                 for message in consumer.consume(10_000, 0.5):
@@ -1030,7 +1031,7 @@ class EngineRuntime:
                         records.append(message)
                         deadline = time.monotonic() + 10
                     elif error.code() == KafkaError._PARTITION_EOF:
-                        open_partitions.discard(message.partition())
+                        at_end = True
                     else:
                         raise KafkaException(error)
         finally:
