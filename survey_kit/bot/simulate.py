@@ -207,7 +207,9 @@ def simulate(api_url: str, respondents: int, *, survey_label: str | None = None,
 
     with FakeTelegramClient(api_url, timeout=reply_timeout) as tg, ThreadPoolExecutor(workers) as pool:
         try:
-            tg.wait_until_ready()
+            # the fake Telegram is expected to be running already: a short look, so that someone who has not
+            # started it is told so at once, not after the 10 s a freshly started server is given
+            tg.wait_until_ready(timeout=2.0)
         except TimeoutError:
             raise ConnectionError(f"no fake Telegram answers at {api_url}: `survey-kit up` starts the embedded stack's "
                                   "(`survey-kit status` shows whether it runs)") from None
