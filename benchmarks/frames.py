@@ -88,7 +88,9 @@ def consume_all(cluster, decode) -> list:
     open_partitions, rows = set(partitions), []
     try:
         while open_partitions:
-            for message in consumer.consume(BATCH, 0.5):
+            # a short wait: a call waits its whole timeout unless it gets BATCH records, and the clock
+            # would count the last call's wait, at the partitions' end, as reading time
+            for message in consumer.consume(BATCH, 0.01):
                 error = message.error()
                 if error is not None:
                     if error.code() != KafkaError._PARTITION_EOF:
