@@ -81,6 +81,10 @@ _LOG_PARTITION = 0
 # behind; caught up (fetches of a few records), enough that a pause of the worker (a commit, a read of the
 # command topic) does not hold worker 0 up
 _FEED_RECORDS = 20_000
+# how long one call waits when reading a log or the outputs to their end at a (re)build: a call waits its
+# whole timeout unless it gets 10,000 records, so with 0.5 s each read of a short topic ended with half a
+# second of waiting (the talk's pipeline rebuilt: ready 3.2-3.6 s after start, 1.7 s with 0.02 s)
+_READ_WAIT = 0.02
 # after an assignment, how long worker 0 waits at most for every partition to deliver or reach its end
 _HOLD_AFTER_ASSIGNMENT = 2.0
 _offset_of = operator.itemgetter(2)
@@ -995,7 +999,7 @@ class EngineRuntime:
             while open_partitions:
                 if time.monotonic() > deadline:
                     raise RuntimeUnavailable("reading the output topics past the last checkpoint timed out")
-                for message in consumer.consume(10_000, 0.5):
+                for message in consumer.consume(10_000, _READ_WAIT):
                     where = (message.topic(), message.partition())
                     error = message.error()
                     if error is None:
@@ -1025,7 +1029,7 @@ class EngineRuntime:
             while not at_end:
                 if time.monotonic() > deadline:
                     raise RuntimeUnavailable(f"reading {topic} to its end stalled for 10 s")
-                for message in consumer.consume(10_000, 0.5):
+                for message in consumer.consume(10_000, _READ_WAIT):
                     error = message.error()
                     if error is None:
                         records.append(message)
