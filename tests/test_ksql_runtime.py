@@ -7,6 +7,7 @@ survey_kit.ksql.server`), as `survey-kit up` starts it, so a test can SIGKILL it
 
 from __future__ import annotations
 
+import gc
 import io
 import json
 import os
@@ -179,6 +180,7 @@ def running(tmp_path_factory):
             yield stack, cluster, engine
         finally:
             engine.stop()
+            gc.collect()  # the tests' Avro producers, before their broker stops (see conftest.stack)
 
 
 def test_the_talks_pipeline_runs_on_the_broker(running):
