@@ -418,3 +418,55 @@ def test_an_aggregate_adds_a_batch_of_values_as_it_adds_them_one_by_one():
             one_by_one = aggregate.add(aggregate.copy(one_by_one), value)
         at_once = aggregate.add_all(aggregate.init(), tuple(values))
         assert at_once == one_by_one, aggregate.name
+
+
+def test_the_projections_copy_what_reading_and_writing_each_entry_gives_and_each_bad_entry_is_one_dead_letter():
+    """The respondents and responses projections copy the entries' fields as bytes (they decode none):
+    every output is the record a reader and writer of the Avro schemas make of the entry, for text of
+    every kind, lengths in longer varints than needed, bytes left over; an entry that cannot be read is
+    one dead letter, though four queries read it."""
+    engine = survey_pipeline_engine(caching=False)
+    assert [q.copies_values for q in engine.queries.values()] == [True, True, False, False]
+    entry_id, entry_schema = engine.schemas.latest("survey-entries-value")
+    entry_schema = fastavro.parse_schema(json.loads(entry_schema))
+    texts = ["Ann", "Köln", "中文", "😀", "e\u0301", "x" * 63, "y" * 64, "ü" * 300, ""]
+    rng = random.Random(2)
+    payloads = []
+    for i in range(300):
+        entry = {"survey_id": rng.choice(texts), "user_id": str(i), "name": rng.choice(texts), "company": rng.choice([None, *texts]),
+                 "location": rng.choice([None, *texts]), "response": rng.choice(texts)}
+        out = io.BytesIO()
+        fastavro.schemaless_writer(out, entry_schema, entry)
+        payloads.append(out.getvalue())
+    payloads += [bytes([p[0] | 0x80, 0]) + p[1:] for p in payloads[:20] if p[0] < 0x80]  # a longer varint: read as it is
+    payloads += [p + b"\x00" for p in payloads[:5]]  # bytes left over: the library reads the fields and ignores them
+    payloads += [b"\x02s\x02u\x04\xff\xfe\x00\x00\x02r", payloads[0][:-1]]  # not UTF-8, truncated: dead letters
+    header = b"\x00" + struct.pack(">I", entry_id)
+    records = [("survey-entries", 0, offset, 1_000 + offset, None, header + payload) for offset, payload in enumerate(payloads)]
+    records.append(("survey-entries", 0, len(records), 5_000, None, b"not avro"))
+
+    outputs = engine.process_batch(records)
+
+    sinks = {topic: engine.schemas.latest(f"{topic}-value") for topic in ("survey-respondents", "survey-responses")}
+    expected = {topic: [] for topic in sinks}
+    unreadable = []
+    for _, _, offset, timestamp, _, value in records:
+        try:
+            entry = fastavro.schemaless_reader(io.BytesIO(value[5:]), entry_schema, None) if value[:5] == header else None
+        except Exception:
+            entry = None
+        if entry is None:
+            unreadable.append(offset)
+            continue
+        for topic, (sink_id, sink_schema) in sinks.items():
+            schema = json.loads(sink_schema)
+            out = io.BytesIO(b"\x00" + struct.pack(">I", sink_id))
+            out.seek(5)
+            fastavro.schemaless_writer(out, fastavro.parse_schema(schema), {f["name"]: entry[f["name"]] for f in schema["fields"]})
+            expected[topic].append((None, out.getvalue(), timestamp))
+    for topic in sinks:
+        assert [(o.key, o.value, o.timestamp) for o in outputs if o.topic == topic] == expected[topic]
+    assert unreadable == [len(payloads) - 2, len(payloads) - 1, len(payloads)]
+    letters = [json.loads(o.value) for o in outputs if o.topic == DEFAULT_DEAD_LETTER_TOPIC]
+    assert [letter["offset"] for letter in letters] == unreadable
+    assert engine.metrics.dead_letters == 3

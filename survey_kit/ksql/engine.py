@@ -17,6 +17,8 @@ them with the input offsets and the drained state changes in one transaction.
 
 from __future__ import annotations
 
+import bisect
+import functools
 import itertools
 import json
 import operator
@@ -191,7 +193,7 @@ class Engine:
             sink_value.register_schema()
         # a replaced query keeps its state, as ksqlDB's CREATE OR REPLACE does for compatible changes
         old = self.queries.get(query_id)
-        query = PersistentQuery(plan, self._serdes[plan.sink.name], self.properties)
+        query = PersistentQuery(plan, self._serdes[plan.sink.name], self.properties, self._serdes[plan.source.name])
         # what EXPLAIN shows as overriddenProperties: the properties set for it beyond the engine's own
         query.overridden_properties = {k: v for k, v in self.properties.items() if self._default_properties.get(k) != v}
         if old is not None:
@@ -333,29 +335,64 @@ class Engine:
         return outputs
 
     def _process_run(self, topic: str, run: list[tuple], first_index: int, outputs: list, dead_letters: list) -> None:
-        """Records of one topic: decoded once per source, then processed by each query reading them, one query after the other."""
+        """Records of one topic: decoded once per source, then processed by each query reading them, one query after the other.
+
+        A query that copies values (`PersistentQuery.copies_values`) takes the
+        records undecoded and has only those it does not copy decoded, one by
+        one. Either way each record is decoded at most once per source, and one
+        that cannot be becomes one dead letter.
+        """
         self.metrics.records_in += len(run)
         decoded: dict[str, tuple[list[InputRecord], list[int]]] = {}
+        decoded_one_by_one: dict[str, dict[int, InputRecord | None]] = {}
         for reader_index, (query, source) in enumerate(self._readers_of(topic)):
-            inputs = decoded.get(source.name)
-            if inputs is None:
-                inputs = decoded[source.name] = self._decode_run(source, run, first_index, reader_index, dead_letters)
-            failures = query.process_batch(source, inputs[0], outputs)
-            if failures:  # a defect or an unwritable result must not stop the other records or queries
-                index_of = {id(record): index for record, index in zip(*inputs)}
-                for record, exc in failures:
-                    index = index_of[id(record)]
-                    self.metrics.dead_letters += 1
-                    error = f"query {query.query_id} failed on this record: {type(exc).__name__}: {exc}"
-                    dead_letters.append((first_index + index, reader_index, self._dead_letter(source, *run[index][:6], error)))
+            one_by_one = decoded_one_by_one.setdefault(source.name, {})
+            if query.copies_values:
+                decode = functools.partial(self._decode_one, source, run, first_index, reader_index, dead_letters, decoded, one_by_one)
+                failures = query.process_values(run, decode, outputs)
+            else:
+                inputs = decoded.get(source.name)
+                if inputs is None:
+                    inputs = decoded[source.name] = self._decode_run(source, run, first_index, reader_index, dead_letters, one_by_one)
+                failures = query.process_batch(source, inputs[0], outputs)
+                if failures:
+                    index_of = {id(record): index for record, index in zip(*inputs)}
+                    failures = [(index_of[id(record)], exc) for record, exc in failures]
+            # a defect or an unwritable result must not stop the other records or queries
+            for index, exc in failures:
+                self.metrics.dead_letters += 1
+                error = f"query {query.query_id} failed on this record: {type(exc).__name__}: {exc}"
+                dead_letters.append((first_index + index, reader_index, self._dead_letter(source, *run[index][:6], error)))
 
-    def _decode_run(self, source: DataSource, run: list[tuple], first_index: int, reader_index: int, dead_letters: list) -> tuple[list[InputRecord], list[int]]:
-        """The records of `run` that `source`'s formats read, and their indexes in the run; the others become dead letters."""
+    def _decode_one(self, source: DataSource, run: list[tuple], first_index: int, reader_index: int, dead_letters: list,
+                    decoded: dict[str, tuple[list[InputRecord], list[int]]], one_by_one: dict[int, InputRecord | None], index: int) -> InputRecord | None:
+        """Record `index` of `run` as `source`'s formats read it (None: it cannot be, and is a dead letter), decoded
+        at most once: taken from the whole run if it was decoded, else decoded alone and kept in `one_by_one`."""
+        if index not in one_by_one:
+            whole = decoded.get(source.name)
+            if whole is not None:
+                inputs, indexes = whole
+                at = bisect.bisect_left(indexes, index)
+                one_by_one[index] = inputs[at] if at < len(indexes) and indexes[at] == index else None
+            else:
+                inputs, _ = self._decode_run(source, run[index:index + 1], first_index + index, reader_index, dead_letters)
+                one_by_one[index] = inputs[0] if inputs else None
+        return one_by_one[index]
+
+    def _decode_run(self, source: DataSource, run: list[tuple], first_index: int, reader_index: int, dead_letters: list,
+                    decoded: dict[int, InputRecord | None] | None = None) -> tuple[list[InputRecord], list[int]]:
+        """The records of `run` that `source`'s formats read, and their indexes in the run; the others become dead
+        letters. `decoded`: records of the run already decoded (or made dead letters, None), by index."""
         serdes = self._serdes[source.name]
         key_of, value_of = serdes.key.deserialize, serdes.value.deserialize
         inputs: list[InputRecord] = []
         indexes: list[int] = []
         for index, record in enumerate(run):
+            if decoded and index in decoded:
+                if decoded[index] is not None:
+                    inputs.append(decoded[index])
+                    indexes.append(index)
+                continue
             try:
                 key_values, window_start = key_of(record[4])
                 row = value_of(record[5])

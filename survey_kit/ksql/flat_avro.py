@@ -13,6 +13,9 @@ reads an entry in ~1.4 µs.
     read = flat_record_reader(schema, [("USER_ID", "user_id")], fallback=cavro_reader.binary_decode)
     read(payload)   # {"USER_ID": "7"}: the named fields, renamed, the others skipped
 
+    copy = flat_record_copier(schema, other_schema, ["user_id"])
+    copy(payload, 0)   # other_schema's record of the user_id field's bytes, or None: read and write it instead
+
 Only records whose fields are all `string`, `long`, `int`, `double` or
 `boolean`, each possibly in a union with `null`, get one (else None). A value
 of another Python type than the one each Avro type is written from (a str
@@ -197,3 +200,78 @@ def _long_at(data: bytes, position: int) -> tuple[int, int]:
 
 
 _DOUBLE_AT = struct.Struct("<d").unpack_from
+
+
+
+def flat_record_copier(writer: Any, output: Any, picks: list[str]) -> Callable[[bytes, int], bytes | None] | None:
+    """A function copying fields of Avro binary of `writer` into Avro binary of `output`, or None when it cannot.
+
+    `picks[i]` names the `writer` field that output field i is a copy of: both
+    schemas must be flat (see above) and each pair of fields of one primitive
+    type, so that a value's bytes are the same in both: they are copied as they
+    are, with only the union branch before them written anew. This projects
+    plain columns without decoding and re-encoding them.
+
+        copy = flat_record_copier(entry_schema, respondent_schema, ["user_id", "name", "company", "location"])
+        copy(payload, 5)   # the respondent's Avro binary, from the entry's after its 5-byte Confluent header
+
+    It reads the payload from the given position as `flat_record_reader` does
+    and returns None for any payload that reader would hand to its fallback
+    (garbled, truncated, bytes left over, text that is not UTF-8) and any whose
+    copy might not be the bytes a writer of `output` writes (a varint longer
+    than the shortest, a null for a field `output` does not let be null): the
+    caller reads and writes those the usual way. So each payload either copies
+    to exactly what reading and writing it gives, or is left to them.
+    """
+    fields, outputs = _flat_fields(writer), _flat_fields(output)
+    if fields is None or outputs is None or len(picks) != len(outputs):
+        return None
+    kinds = {name: primitive for name, primitive, _, _ in fields}
+    copies: dict[str, list[int]] = {}
+    for i, (pick, (_, primitive, _, _)) in enumerate(zip(picks, outputs)):
+        if kinds.get(pick) != primitive:
+            return None  # no such field, or one of another type: its bytes are not the output's
+        copies.setdefault(pick, []).append(i)
+    # text all ASCII (the whole payload is) is UTF-8: then no string is decoded to check it
+    body = ["def copy(b, p):", "    try:", "        end = len(b)", "        ascii = b.isascii()"]
+    for f, (name, primitive, null_branch, value_branch) in enumerate(fields):
+        start = f"s{f}"  # where the field's value starts; None for a null
+        lines = [f"{start} = p", *_copy_value(primitive)]
+        if null_branch is not None:
+            lines = ["i = b[p]", "p += 1", f"if i == {null_branch[0]}:", f"    {start} = None",
+                     f"elif i == {value_branch[0]}:", *(f"    {line}" for line in lines), "else:", "    raise Unread"]
+        body += [f"        {line}" for line in lines]
+        for i in copies.get(name, ()):
+            _, _, out_null, out_value = outputs[i]
+            copied = f"{out_value!r} + b[{start}:p]" if out_value else f"b[{start}:p]"
+            if null_branch is None:
+                body.append(f"        o{i} = {copied}")
+            elif out_null is None:
+                body += [f"        if {start} is None:", "            raise Unread", f"        o{i} = {copied}"]
+            else:
+                body.append(f"        o{i} = {out_null!r} if {start} is None else {copied}")
+    body += ["        if p != end:", "            raise Unread",
+             "    except Exception:", "        return None",
+             f"    return b''.join(({''.join(f'o{i}, ' for i in range(len(outputs)))}))"]
+    namespace = {"__name__": __name__, "Unread": _Unread, "long_at": _long_at, "INT_MIN": _INT_MIN, "INT_MAX": _INT_MAX,
+                 "LONG_MIN": _LONG_MIN, "LONG_MAX": _LONG_MAX}
+    exec(compile("\n".join(body), f"<avro copier {writer.get('name')} -> {output.get('name')}>", "exec"), namespace)  # noqa: S102 -- our own generated source
+    return namespace["copy"]
+
+
+def _copy_value(primitive: str) -> list[str]:
+    """Statements moving `p` past a `primitive` at position `p` of `b` as `_read_value` reads it, raising
+    Unread where that read would or where a varint is not the shortest encoding of its number (a position
+    past the end raises IndexError, or fails the check that the payload ends at its last field's end)."""
+    if primitive == "double":
+        return ["p += 8"]
+    if primitive == "boolean":
+        return ["if b[p] > 1:", "    raise Unread", "p += 1"]
+    # a zig-zag varint: one byte under 0x80; a longer one whose last byte is 0 is not the shortest
+    long_varint = ["    n, p = long_at(b, p)", "    if b[p - 1] == 0:", "        raise Unread"]
+    if primitive == "string":  # its text from q to p
+        return ["n = b[p]", "if n < 0x80 and not n & 1:", "    q = p + 1", "    p = q + (n >> 1)", "else:",
+                "    n, q = long_at(b, p)", "    if n < 0 or b[q - 1] == 0:", "        raise Unread", "    p = q + n",
+                "if not ascii:", "    b[q:p].decode()"]
+    low, high = ("INT_MIN", "INT_MAX") if primitive == "int" else ("LONG_MIN", "LONG_MAX")
+    return ["n = b[p]", "if n < 0x80:", "    p += 1", "else:", *long_varint, f"    if not {low} <= n <= {high}:", "        raise Unread"]

@@ -19,7 +19,7 @@ from __future__ import annotations
 import functools
 from dataclasses import dataclass, field
 from operator import attrgetter, call
-from typing import Any
+from typing import Any, Callable
 
 from .expressions import Compiled, dict_evaluator, evaluate_safely, tuple_evaluator
 from .formats import KeyFormat, ValueFormat
@@ -107,7 +107,7 @@ class PersistentQuery:
     little more than gathering them.
     """
 
-    def __init__(self, plan: QueryPlan, sink_serdes: Serdes, properties: dict[str, str]):
+    def __init__(self, plan: QueryPlan, sink_serdes: Serdes, properties: dict[str, str], source_serdes: Serdes | None = None):
         self.plan = plan
         self.sink_serdes = sink_serdes
         self.stores = Stores()
@@ -153,6 +153,7 @@ class PersistentQuery:
             self._key_slots = [f"__k{i}" for i in range(len(agg.group_by))]
             self._window_size = agg.window.size_ms if agg.window is not None else None
             self._having = agg.having.fn if agg.having is not None else None
+        self._copy_value = self._value_copier(source_serdes)
         # the operator for this kind of query, chosen once
         if plan.aggregation is None:
             self._run = self._project_stream
@@ -317,6 +318,60 @@ class PersistentQuery:
         return OutputRecord(self._sink_topic, self._serialize_key(key, window_start), self._serialize_value(value), timestamp)
 
     # ------------------------------------------------------------ stream projection
+
+    def _value_copier(self, source_serdes: Serdes | None):
+        """For a projection of plain value columns of a source without key columns, with no join or filter: the
+        sink format's function writing its value from the bytes of a source value (`AvroFormat.copier`), or None."""
+        plan = self.plan
+        if source_serdes is None or plan.aggregation is not None or plan.join is not None or plan.where is not None:
+            return None
+        if plan.source.key_columns or plan.source.window is not None or plan.sink.key_columns or plan.sink.window is not None:
+            return None  # a key to read (whose reading may fail) or to write
+        value_columns = {self._source_prefix + c.name: c.name for c in plan.source.value_columns}
+        columns = [value_columns.get(c.slot) for c in plan.value_projection]
+        if None in columns:
+            return None  # a computed value, or a pseudo column
+        copier = getattr(self.sink_serdes.value, "copier", None)
+        return copier(source_serdes.value, columns) if copier is not None else None
+
+    @property
+    def copies_values(self) -> bool:
+        """Whether this query can take its source's records undecoded (`process_values`)."""
+        return self._copy_value is not None
+
+    def process_values(self, records: list[tuple], decode: Callable[[int], InputRecord | None], outputs: list[OutputRecord]) -> list[tuple[int, Exception]]:
+        """`process_batch` for a query that `copies_values`, over undecoded records of its source.
+
+        `records` are (topic, partition, offset, timestamp, key, value, ...)
+        tuples. Most values are copied as bytes, without being decoded
+        (decoding, building a row and writing the columns again cost ~3 µs a
+        record; copying ~1.2 µs); `decode(i)` gives the `InputRecord` of the
+        others, or None for a record that cannot be read (the caller has made
+        it a dead letter), and they are processed as `process_batch` does.
+        Returns the indexes of the records it failed on, each with its error.
+        """
+        copy, topic, emit = self._copy_value, self._sink_topic, outputs.append
+        key = self._serialize_key((), None)
+        emitted_before = len(outputs)
+        failures: list[tuple[int, Exception]] = []
+        processed = 0
+        for index, record in enumerate(records):
+            data = record[5]
+            value = copy(data) if data is not None else None
+            if value is not None:
+                processed += 1
+                emit(OutputRecord(topic, key, value, record[3]))
+                continue
+            decoded = decode(index)
+            if decoded is None:
+                continue
+            processed += 1
+            failed: list[tuple[InputRecord, Exception]] = []
+            self._project_stream([decoded], outputs, failed)
+            failures += [(index, exc) for _, exc in failed]
+        self.metrics.processed += processed
+        self.metrics.emitted += len(outputs) - emitted_before
+        return failures
 
     def _project_stream(self, records: list[InputRecord], outputs: list[OutputRecord], failures: list) -> None:
         # a projection never goes through the record cache (only aggregations do): serialize directly
