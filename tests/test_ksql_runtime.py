@@ -198,7 +198,6 @@ def test_the_talks_pipeline_runs_on_the_broker(running):
     ]
     # a projection keeps each entry's timestamp (its ROWTIME), as ksqlDB does
     assert [ts for _, _, ts in committed(cluster, "survey-respondents")] == [1_000, 2_000, 3_000, MINUTE + 500]
-    # worker 1 writes them, in transactions of its own: they may come a moment after worker 0's
     responses = wait_for(lambda: len(decoded(cluster, "survey-responses")) >= 4 and decoded(cluster, "survey-responses"), what="responses")
     # survey_entries declares no key column, so (as on ksqlDB) its projections carry no key
     assert [(k, v["survey_id"], v["response"]) for k, v in responses] == [
@@ -320,13 +319,14 @@ def test_rest_answers_as_ksqldb(running):
 
 def test_the_queries_run_in_two_worker_processes_and_one_reads_kafka_for_both(running):
     stack, cluster, engine = running
-    # placed in turn: respondents + live on worker 0, responses + final on worker 1 (which follows the
-    # statements worker 0 recorded, a moment later)
+    # the projections, which copy values, on worker 0; the live and final histograms on worker 1 (which
+    # follows the statements worker 0 recorded, a moment later)
     wait_for(lambda: [(w["worker"], w["queries"]) for w in engine.info()["workers"]] == [(0, 2), (1, 2)],
              30, "each worker to run two queries")
     workers = engine.info()["workers"]
-    # each reads survey-entries and survey-questions (a partition each), but only worker 0 fetches them
-    assert [w["assigned_partitions"] for w in workers] == [2, 2]
+    # worker 0's queries read survey-entries, worker 1's survey-entries and survey-questions (a partition
+    # each); only worker 0 fetches, for both
+    assert [w["assigned_partitions"] for w in workers] == [1, 2]
     assert [w["fetching_partitions"] for w in workers] == [2, 0]
     with engine.client() as client:  # every worker knows the whole pipeline; statements see all of it
         assert len(client.execute("SHOW QUERIES;")[0]["queries"]) == 4
@@ -395,9 +395,10 @@ def test_a_backlog_waits_paused_for_the_other_partitions_so_every_entry_joins_it
             assert leader.ready.wait(60)
             leader.execute("\n".join(script.text for script in read_pipeline(KSQL_DIR, SHORT_WINDOW)))
             wait_for(lambda: leader.status()["records_in"] > 0, 30, "worker 0 to start on the backlog")
-            follower.start()  # responses and the final histogram: worker 1 needs the backlog from its start
-            for runtime in (leader, follower):
-                wait_for(lambda: runtime.status()["records_in"] >= entries + 1, 60, "the workers to read the backlog")
+            follower.start()  # the live and final histograms: worker 1 needs the backlog from its start
+            # worker 0's projections read the entries; worker 1's histograms the entries and the question
+            for runtime, records in ((leader, entries), (follower, entries + 1)):
+                wait_for(lambda: runtime.status()["records_in"] >= records, 60, "the workers to read the backlog")
                 wait_for(lambda: runtime.status()["uncommitted"] == 0, 10, "the workers to commit")
             live = [value for key, value in decoded(cluster, "survey-results-live") if key == b"1"]
             assert sum(live[-1]["RESULTS"].values()) == entries
@@ -504,7 +505,9 @@ def run_with_kills(cluster, engine: EngineProcess, rng: random.Random, kill=kill
     assert kills >= 3
     entries = committed(cluster, "survey-entries")
     wait_for(lambda: len(committed(cluster, "survey-respondents")) >= len(entries), 180, "every entry to be processed")
-    wait_for(lambda: len(committed(cluster, "survey-responses")) >= len(entries), 180, "every entry to be processed by worker 1")
+    # worker 1 runs the histograms: the live one has counted every entry once it caught up
+    wait_for(lambda: sum(sum(((v or {}).get("RESULTS") or {}).values()) for v in latest_per_key(decoded(cluster, "survey-results-live")).values())
+             >= len(entries), 180, "every entry to be processed by worker 1")
     time.sleep(1.0)  # a duplicate, if there were any, would have been committed by now
     assert engine.info()["recoveries"] == 1
     return entries
@@ -571,11 +574,11 @@ def test_a_restarted_embedded_broker_loses_its_topics_and_the_engine_carries_on(
 
             respondents = wait_for(lambda: decoded(cluster, "survey-respondents"), 90, "an entry after the restart")
             assert [v["user_id"] for _, v in respondents] == ["user-2"]
+            responses = wait_for(lambda: decoded(cluster, "survey-responses"), 30, "the entry's response")
+            assert [v["user_id"] for _, v in responses] == ["user-2"]
             # worker 1 may have been inside a transaction or a read when the broker went: librdkafka then
             # waits out its timeouts before the worker rebuilds
-            responses = wait_for(lambda: decoded(cluster, "survey-responses"), 150, "worker 1's output after the restart")
-            assert [v["user_id"] for _, v in responses] == ["user-2"]
-            live = wait_for(lambda: latest_per_key(decoded(cluster, "survey-results-live")), 30, "the live histogram")
+            live = wait_for(lambda: latest_per_key(decoded(cluster, "survey-results-live")), 150, "worker 1's live histogram after the restart")
             assert live[b"1"]["RESULTS"] == {"Pecan Pie": 1}  # counted from nothing: the old entries are gone
             with engine.client() as client:  # the queries were re-recorded in the new command topic
                 assert len(client.execute("SHOW QUERIES;")[0]["queries"]) == 4
@@ -682,11 +685,11 @@ def test_a_statement_worker_0_did_not_pass_on_reaches_worker_1_from_the_command_
         try:
             assert leader.ready.wait(60) and follower.ready.wait(60)
             pipeline = read_pipeline(KSQL_DIR)
-            leader.execute(pipeline[0].text)  # the entries stream
-            leader.execute(pipeline[2].text)  # respondents: placed on worker 0
-            leader.execute(pipeline[3].text)  # responses: placed on worker 1, which nobody told
-            wait_for(lambda: "SURVEY_RESPONSES" in follower.engine.sources, 30, "worker 1 to read the statements from the command topic")
-            wait_for(lambda: [q.plan.sink.name for q in follower.engine.running_queries()] == ["SURVEY_RESPONSES"], 10,
+            for script in pipeline[:3]:  # the entries stream, the questions table, respondents: placed on worker 0
+                leader.execute(script.text)
+            leader.execute(pipeline[4].text)  # the live histogram: placed on worker 1, which nobody told
+            wait_for(lambda: "SURVEY_RESULTS_LIVE" in follower.engine.sources, 30, "worker 1 to read the statements from the command topic")
+            wait_for(lambda: [q.plan.sink.name for q in follower.engine.running_queries()] == ["SURVEY_RESULTS_LIVE"], 10,
                      "worker 1 to run the query placed on it")
             assert [q.plan.sink.name for q in leader.engine.running_queries()] == ["SURVEY_RESPONDENTS"]
         finally:

@@ -3,11 +3,12 @@
 The engine's per-record work is Python, held by one interpreter lock; ksqlDB
 runs each persistent query as its own Kafka Streams application, and so can
 we. The server's own `EngineRuntime` is worker 0: it takes the statements,
-places each new query on a worker in turn and records it in the command
-topic. `WorkerPool` starts workers 1..n-1, each an `EngineRuntime` in a
-process of its own that follows the command topic and runs its queries with
-its own input positions, transactions and changelog (see
-`runtime.EngineRuntime`). Worker 0's consumer reads the source topics for
+places each new query on a worker (`EngineRuntime._new_owner`: worker 0
+takes the projections that copy values, the others the rest in turn) and
+records it in the command topic. `WorkerPool` starts workers 1..n-1, each an
+`EngineRuntime` in a process of its own that follows the command topic and
+runs its queries with its own input positions, transactions and changelog
+(see `runtime.EngineRuntime`). Worker 0's consumer reads the source topics for
 all of them: each worker subscribes to the partitions it reads, from its
 positions, and worker 0 hands it every fetch over a pipe of its own.
 
