@@ -14,8 +14,8 @@ through the registry, keys = survey ids) and one question per survey, then:
 2. engine: the engine (`python -m survey_kit.ksql.server`, as `survey-kit up` runs it: the server and
    its worker processes, `--workers`, default 2) gets ksql/ through its REST API and runs its four
    queries (respondents, responses, live and final histograms) over the entries, exactly once
-   (transactions, commits every 20 ms); entries/s is measured from the first record processed to the
-   last one committed by every worker (its /info, polled);
+   (transactions, commits every 100 ms, its default); entries/s is measured from the first record
+   processed to the last one committed by every worker (its /info, polled);
 3. latency: with the engine caught up, entries of new surveys at 1,000 entries/s; for each, the time
    from producing it to its live-histogram record being readable (read_committed), p50 and p99, the
    p99 of each second and the broker's CPU meanwhile (its cost per fetch grows with the batches a
@@ -51,6 +51,7 @@ from survey_kit.ksql.apply import register_value_schemas  # noqa: E402
 from survey_kit.ksql.formats import AvroFormat, Column, avro_type_to_sql  # noqa: E402
 from survey_kit.ksql.pipeline import read_pipeline  # noqa: E402
 from survey_kit.ksql.rest import KsqlRestClient  # noqa: E402
+from survey_kit.ksql.runtime import DEFAULT_COMMIT_INTERVAL_MS  # noqa: E402
 from survey_kit.stack.processes import free_port  # noqa: E402
 from survey_kit.schemas import load_schema  # noqa: E402
 from survey_kit.stack import EmbeddedStack  # noqa: E402
@@ -358,7 +359,8 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--entries", type=int, default=1_000_000, help="entries pushed through the pipeline (default 1,000,000)")
     parser.add_argument("--latency-seconds", type=float, default=10.0, help="how long to measure latency at 1,000 entries/s (default 10)")
-    parser.add_argument("--commit-interval-ms", type=int, default=20, help="the engine's commit interval (default 20, its default)")
+    parser.add_argument("--commit-interval-ms", type=int, default=DEFAULT_COMMIT_INTERVAL_MS,
+                        help=f"the engine's commit interval (default {DEFAULT_COMMIT_INTERVAL_MS}, its default)")
     parser.add_argument("--workers", type=int, default=2, help="the engine's worker processes (default 2, its default)")
     args = parser.parse_args(argv)
 

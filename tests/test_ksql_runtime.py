@@ -60,7 +60,7 @@ def wait_for(condition, timeout=60.0, what="the condition"):
 class EngineProcess:
     """`python -m survey_kit.ksql.server` against a stack, started and killed by the test."""
 
-    def __init__(self, stack: EmbeddedStack, data_dir: Path, commit_interval_ms: int = 20):
+    def __init__(self, stack: EmbeddedStack, data_dir: Path, commit_interval_ms: int | None = None):
         self.stack = stack
         self.commit_interval_ms = commit_interval_ms
         self.port = free_port()
@@ -76,7 +76,8 @@ class EngineProcess:
                 [sys.executable, "-m", "survey_kit.ksql.server", "--host", "127.0.0.1", "--port", str(self.port),
                  "--data-dir", str(self.data_dir), "--bootstrap-servers", self.stack.bootstrap_servers,
                  "--schema-registry-url", self.stack.schema_registry_url,
-                 "--commit-interval-ms", str(self.commit_interval_ms)],
+                 # None: the engine's default, as `survey-kit up` runs it
+                 *(["--commit-interval-ms", str(self.commit_interval_ms)] if self.commit_interval_ms else [])],
                 stdout=log, stderr=subprocess.STDOUT,
             )
         try:

@@ -38,7 +38,7 @@ from survey_kit.serde import RegistryUnavailable
 from . import ast
 from .engine import StatementResult
 from .parser import split_statements
-from .runtime import EngineRuntime, RuntimeUnavailable, StatementFailed
+from .runtime import DEFAULT_COMMIT_INTERVAL_MS, EngineRuntime, RuntimeUnavailable, StatementFailed
 from .types import KsqlError
 from .workers import WorkerPool, combined_status, settle_heap
 
@@ -295,7 +295,7 @@ DEFAULT_WORKERS = 2  # the machines this runs on have two cores or more
 
 
 def serve(cluster: Cluster, host: str = "127.0.0.1", port: int = 8088, data_dir: str | Path | None = None, engine_id: str = "survey_kit",
-          commit_interval_ms: int = 20, workers: int = DEFAULT_WORKERS) -> int:
+          commit_interval_ms: int = DEFAULT_COMMIT_INTERVAL_MS, workers: int = DEFAULT_WORKERS) -> int:
     """Run the engine and its REST API in the foreground until interrupted; 2 if the port is taken."""
     if workers < 1:
         print(f"error: --workers must be 1 or more (got {workers})", file=sys.stderr)
@@ -327,8 +327,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--bootstrap-servers", required=True, help="Kafka bootstrap servers, e.g. 127.0.0.1:9092")
     parser.add_argument("--schema-registry-url", required=True, help="Schema Registry URL, e.g. http://127.0.0.1:8081")
     parser.add_argument("--engine-id", default="survey_kit", help="names the engine's internal topics and transactions (default survey_kit)")
-    parser.add_argument("--commit-interval-ms", type=int, default=20,
-                        help="how often outputs, state and offsets are committed (default 20 ms: low latency)")
+    parser.add_argument("--commit-interval-ms", type=int, default=DEFAULT_COMMIT_INTERVAL_MS,
+                        help=f"how often outputs, state and offsets are committed while records keep coming (default "
+                             f"{DEFAULT_COMMIT_INTERVAL_MS} ms, as ksqlDB's; caught up, within 10 ms of the last record)")
     parser.add_argument("--workers", type=int, default=DEFAULT_WORKERS,
                         help=f"processes the queries are spread over (default {DEFAULT_WORKERS}; one core each)")
     parser.add_argument("--embedded", action=argparse.BooleanOptionalAction, default=True,

@@ -39,7 +39,7 @@ from typing import Any
 
 from survey_kit.cluster import Cluster
 
-from .runtime import EngineRuntime
+from .runtime import DEFAULT_COMMIT_INTERVAL_MS, EngineRuntime
 
 log = logging.getLogger("survey_kit.ksql.workers")
 
@@ -72,7 +72,7 @@ def settle_heap() -> None:
 class WorkerPool:
     """Workers 1..`workers`-1 of the engine whose worker 0 is `leader` (the caller's own runtime)."""
 
-    def __init__(self, cluster: Cluster, leader: EngineRuntime, workers: int = 2, commit_interval_ms: int = 20):
+    def __init__(self, cluster: Cluster, leader: EngineRuntime, workers: int = 2, commit_interval_ms: int = DEFAULT_COMMIT_INTERVAL_MS):
         self.cluster = cluster
         self.leader = leader
         self.engine_id = leader.engine_id
