@@ -380,8 +380,10 @@ def test_a_backlog_waits_paused_for_the_other_partitions_so_every_entry_joins_it
     backlog of entries took every fetch of the embedded broker, in memory, until the hold ran out, and
     entries then went ahead of their question. Here worker 1 subscribes after worker 0 began, so worker
     0 is assigned anew to read the backlog again for it, as in the engine's worker pool."""
-    monkeypatch.setattr(runtime_module, "_HOLD_AFTER_ASSIGNMENT", 0.2)  # reading the backlog takes longer
-    entries = 150_000
+    # a hold shorter than the question takes to come without the pause (over 0.5 s: the test then fails),
+    # and 5-10 times what it takes with it (~0.05-0.1 s; once over 0.2 s in a CI run, the hold this had)
+    monkeypatch.setattr(runtime_module, "_HOLD_AFTER_ASSIGNMENT", 0.5)
+    entries = 400_000
     with EmbeddedStack(data_dir=tmp_path / "stack", services=("broker", "registry")) as stack:
         cluster = from_stack(stack)
         question_then_entries(cluster, entries)
