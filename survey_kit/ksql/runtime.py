@@ -86,9 +86,10 @@ _FEED_RECORDS = 20_000
 # second of waiting (the talk's pipeline rebuilt: ready 3.2-3.6 s after start, 1.7 s with 0.02 s)
 _READ_WAIT = 0.02
 # Busy, the engine commits every this many ms, as Kafka Streams does under exactly-once (ksqlDB's default,
-# commit.interval.ms 100): a commit blocks a worker on the broker for a few ms, and at 20 ms the workers
-# spent ~15% of their time committing (the talk's pipeline ran ~15% slower). Caught up, it commits within
-# min_commit_interval_ms of the last record instead, so a trickle of entries is readable within a few ms.
+# commit.interval.ms 100): a commit blocks a worker on the broker for a few ms, and at 20 ms the talk's
+# pipeline ran at 29.5% of the ceiling on average against 34.2% at 100 (benchmarks/engine.py, six
+# alternated pairs). Caught up, it commits within min_commit_interval_ms of the last record instead, so a
+# trickle of entries is readable within a few ms.
 DEFAULT_COMMIT_INTERVAL_MS = 100
 # after an assignment, how long worker 0 waits at most for every partition to deliver or reach its end
 _HOLD_AFTER_ASSIGNMENT = 2.0
@@ -149,9 +150,9 @@ class EngineRuntime:
     query as its own Kafka Streams application: `workers` runtimes with the same
     id, `worker` 0 to workers - 1. Worker 0 takes the statements (and records
     them); each new query is placed on a worker (`_new_owner`), the placement
-    recorded with its statement. Every worker knows the whole pipeline (it follows the
-    command topic) and runs only its own queries, with its own input positions,
-    transactions and changelog (`..._w<k>_changelog` for k > 0).
+    recorded with its statement. Every worker knows the whole pipeline (it
+    follows the command topic) and runs only its own queries, with its own input
+    positions, transactions and changelog (`..._w<k>_changelog` for k > 0).
 
     Only worker 0 reads the source topics from Kafka. Another worker subscribes
     (`on_subscribe`: a generation number and the position it needs in each
