@@ -202,7 +202,6 @@ def _long_at(data: bytes, position: int) -> tuple[int, int]:
 _DOUBLE_AT = struct.Struct("<d").unpack_from
 
 
-
 def flat_record_copier(writer: Any, output: Any, picks: list[str]) -> Callable[[bytes, int], bytes | None] | None:
     """A function copying fields of Avro binary of `writer` into Avro binary of `output`, or None when it cannot.
 

@@ -264,6 +264,11 @@ class ValueFormat:
     def deserialize(self, data: bytes | None) -> dict | None:
         raise NotImplementedError
 
+    def copier(self, source: ValueFormat, columns: list[str]) -> Callable[[bytes], bytes | None] | None:
+        """A function writing this format's value straight from the bytes of a `source` value (see
+        `AvroFormat.copier`); None: this format writes only rows."""
+        return None
+
     def _coerce_all(self, by_upper_name: dict) -> dict:
         return {c.name: coerce(by_upper_name.get(c.name.upper()), c.type, c.name) for c in self.columns}
 

@@ -331,8 +331,7 @@ class PersistentQuery:
         columns = [value_columns.get(c.slot) for c in plan.value_projection]
         if None in columns:
             return None  # a computed value, or a pseudo column
-        copier = getattr(self.sink_serdes.value, "copier", None)
-        return copier(source_serdes.value, columns) if copier is not None else None
+        return self.sink_serdes.value.copier(source_serdes.value, columns)
 
     @property
     def copies_values(self) -> bool:
