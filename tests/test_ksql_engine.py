@@ -29,6 +29,21 @@ def test_a_syntax_error_names_the_line_and_column():
         engine.execute("-- comment line\nCREATE STREAM x AS SELECT name FROM users\n  QUALIFY city;")
 
 
+@pytest.mark.parametrize("condition, kept", [
+    ("age > 18", ["Ada"]), ("age < 18", ["Kid"]), ("age >= 18", ["Ada", "Teen"]), ("age <= 18", ["Kid", "Teen"]),
+    ("age = 18", ["Teen"]), ("age != 18", ["Ada", "Kid"]), ("age <> 18", ["Ada", "Kid"]), ("18<age", ["Ada"]),
+])
+def test_where_keeps_the_records_each_comparison_keeps(condition, kept):
+    # "<" and ">" also bracket ARRAY<...> and friends: alone, as comparisons, they were once syntax errors
+    engine = Engine()
+    engine.execute(USERS)
+    engine.execute(f"CREATE STREAM kept AS SELECT id, name, ARRAY[age] AS ages FROM users WHERE {condition};")
+    driver = Driver(engine)
+    for user, (name, age) in enumerate([("Ada", 36), ("Kid", 9), ("Teen", 18)]):
+        pipe_json(driver, "users", f"u{user}", {"name": name, "city": "Lisbon", "age": age})
+    assert [r.value["NAME"] for r in driver.read("KEPT")] == kept
+
+
 PARSE_IN_A_NEW_PROCESS = (
     "from survey_kit.ksql.parser import parse_statement, split_statements; "
     "print(type(parse_statement(split_statements('SHOW STREAMS;')[0])).__name__)"
