@@ -3,7 +3,8 @@
 A script is first cut into statements with a lark lexer (so `;` inside strings,
 quoted identifiers and comments is respected), then each statement has its
 `${name}` variables substituted and is parsed with the LALR grammar in
-`ksql.lark`. Anything outside the grammar is reported with its line and column.
+`ksql.lark`. Anything outside the grammar is reported as ksqlDB reports it
+(`line 3:11: Syntax Error`, then ANTLR's words for what was found and what was expected).
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from pathlib import Path
 
 from lark import Lark, Token, Transformer, v_args
 from lark.exceptions import UnexpectedCharacters, UnexpectedEOF, UnexpectedInput, UnexpectedToken, VisitError
+from lark.lexer import PatternStr
 
 from . import ast
 from .types import KsqlError, SqlType, simple_type
@@ -150,22 +152,71 @@ def _absolute(statement: StatementText, line: int, column: int) -> ast.Position:
 
 
 def _describe_syntax_error(exc: UnexpectedInput, statement: StatementText) -> str:
+    """ksqlDB's message for a statement its grammar rejects: `line L:C: Syntax Error`, then what ANTLR (ksqlDB's
+    parser) says of it, then the statement. A statement of a kind the engine does not run says so instead."""
     first_word = statement.text.split(None, 1)[0].upper() if statement.text.split() else ""
-    if isinstance(exc, UnexpectedEOF) or (isinstance(exc, UnexpectedToken) and exc.token.type == "$END"):
+    eof = isinstance(exc, UnexpectedEOF) or (isinstance(exc, UnexpectedToken) and exc.token.type == "$END")
+    if eof:
         where = _absolute(statement, statement.text.count("\n") + 1, len(statement.text.rsplit("\n", 1)[-1]) + 1)
-        return f"Incomplete {first_word} statement at {where}: it ends too early."
-    where = _absolute(statement, exc.line, exc.column)
-    if isinstance(exc, UnexpectedToken):
-        found = exc.token.value
     else:
-        found = statement.text[exc.pos_in_stream : exc.pos_in_stream + 1]
-    if exc.line == 1 and exc.column == 1:
-        return f"Unsupported statement '{first_word}' at {where}: the engine runs CREATE, DROP, SET, UNSET, DEFINE, UNDEFINE, SHOW, LIST, DESCRIBE and TERMINATE."
-    context = statement.text.splitlines()[exc.line - 1] if statement.text.splitlines() else ""
-    return (
-        f"Syntax Error or unsupported construct at {where}: unexpected '{found}' in {first_word} statement "
-        f"(near: {context.strip()[:80]!r})."
-    )
+        where = _absolute(statement, exc.line, exc.column)
+        if exc.line == 1 and exc.column == 1:
+            return f"Unsupported statement '{first_word}' at {where}: the engine runs CREATE, DROP, SET, UNSET, DEFINE, UNDEFINE, SHOW, LIST, DESCRIBE and TERMINATE."
+    if isinstance(exc, UnexpectedCharacters):
+        detail = f"token recognition error at: '{statement.text[exc.pos_in_stream:exc.pos_in_stream + 1]}'"
+    else:
+        detail = _what_antlr_says(exc, eof)
+    if eof:
+        detail += " (the statement ends too early)"
+    return f"line {where.line}:{where.column}: Syntax Error\n{detail}\nStatement at {ast.Position(statement.line, statement.column)}: {statement.text}"
+
+
+def _what_antlr_says(exc: UnexpectedToken | UnexpectedEOF, eof: bool) -> str:
+    """ANTLR's words for an unexpected token: `missing X at 'y'` where only X could come and the parse would go on
+    with X inserted before it (ANTLR's single-token insertion), else `mismatched input 'y' expecting {...}`."""
+    found = "<EOF>" if eof else exc.token.value
+    parser = getattr(exc, "interactive_parser", None)
+    expected = sorted(parser.accepts() if parser is not None else exc.expected)
+    if parser is not None and not eof and len(expected) == 1 and expected[0] != "$END":
+        trial = parser.copy()
+        trial.feed_token(Token(expected[0], ""))
+        if exc.token.type in trial.accepts():
+            return f"missing {_shown(expected)} at '{found}'"
+    return f"mismatched input '{found}' expecting {_shown(expected)}"
+
+
+# ksqlDB's names for the terminals that are not fixed words or symbols (others keep the grammar's name)
+_TERMINAL_NAMES = {"$END": "<EOF>", "IDENT": "IDENTIFIER", "QUOTED_IDENT": "BACKQUOTED_IDENTIFIER"}
+
+
+def _shown(names: list[str]) -> str:
+    """Terminals as ANTLR lists them: `')'` alone, `{'EMIT', 'WHERE', IDENTIFIER}` for several."""
+    shown: set[str] = set()
+    for name in names:
+        words = _words_of(name)
+        shown |= {f"'{word.upper()}'" for word in words} if words else {_TERMINAL_NAMES.get(name, name)}
+    ordered = sorted(shown)
+    return ordered[0] if len(ordered) == 1 else "{" + ", ".join(ordered) + "}"
+
+
+def _words_of(name: str) -> list[str]:
+    """The fixed words or symbols terminal `name` stands for (`"GROUP"i`, or `"CHANGES"i | "FINAL"i`,
+    which lark makes `(?:(?i:CHANGES)|(?i:FINAL))`); none for a pattern such as IDENT's."""
+    if name in _TERMINAL_NAMES:
+        return []
+    pattern = _parser().get_terminal(name).pattern
+    if isinstance(pattern, PatternStr):
+        return [pattern.value]
+    alternation = re.fullmatch(r"\(\?:(.*)\)", pattern.value)
+    if alternation is None:
+        return []
+    words = []
+    for alternative in re.split(r"(?<!\\)\|", alternation.group(1)):
+        word = re.sub(r"\\(.)", r"\1", re.sub(r"^\(\?i:(.*)\)$", r"\1", alternative))  # (?i:FINAL) -> FINAL, \+ -> +
+        if not re.fullmatch(r"\w+|[^\w\s]+", word):
+            return []
+        words.append(word)
+    return words
 
 
 def identifier_name(token: Token) -> str:

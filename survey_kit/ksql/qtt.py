@@ -134,8 +134,8 @@ def _run(test: dict, statements: list[str]) -> None:
     engine = Engine(schemas=schemas, properties=properties)
     expected_error = test.get("expectedException")
     try:
-        for statement in statements:
-            engine.execute(statement if statement.rstrip().endswith(";") else statement + ";")
+        # one script, a statement per line, as ksqlDB's runner submits them: errors name the same lines
+        engine.execute("\n".join(s if s.rstrip().endswith(";") else s + ";" for s in statements))
     except KsqlError as exc:
         message = str(exc)
         if expected_error:
