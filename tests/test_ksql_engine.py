@@ -53,6 +53,23 @@ def test_where_keeps_the_records_each_comparison_keeps(condition, kept):
     assert [r.value["NAME"] for r in driver.read("KEPT")] == kept
 
 
+def test_a_function_given_an_argument_of_another_type_is_rejected_with_what_it_takes():
+    # ksqlDB finds no variant of UCASE for an INT and rejects the statement; run, each record would fail
+    engine = Engine()
+    engine.execute(USERS)
+    with pytest.raises(KsqlError, match=r"Function 'UCASE' does not accept parameters \(INT\): it takes UCASE\(STRING\)\. "
+                                        r"Convert argument 1 first, e.g\. with CAST\(\.\.\. AS STRING\)"):
+        engine.execute("CREATE STREAM loud AS SELECT id, UCASE(age) AS a FROM users;")
+    with pytest.raises(KsqlError, match=r"it takes SUBSTRING\(STRING, INT\[, INT\]\)"):
+        engine.execute("CREATE STREAM part AS SELECT id, SUBSTRING(name, 'x') AS a FROM users;")
+    # a NULL literal fits any parameter, numbers of every kind fit ABS
+    engine.execute("CREATE STREAM ok AS SELECT id, MASK(name, NULL, 'y') AS m, ABS(age) AS a, ABS(CAST(age AS DOUBLE)) AS d,"
+                   " UCASE(CAST(age AS STRING)) AS t FROM users;")
+    driver = Driver(engine)
+    pipe_json(driver, "users", "u1", {"name": "Ada 2", "city": "Lisbon", "age": -36})
+    assert [r.value for r in driver.read("OK")] == [{"M": "Ayy-n", "A": 36, "D": 36.0, "T": "-36"}]
+
+
 PARSE_IN_A_NEW_PROCESS = (
     "from survey_kit.ksql.parser import parse_statement, split_statements; "
     "print(type(parse_statement(split_statements('SHOW STREAMS;')[0])).__name__)"

@@ -266,6 +266,7 @@ def _compile_call(expr: ast.FunctionCall, scope: Scope) -> Compiled:
         raise KsqlError(f"Aggregate function {expr.name} is not allowed here: {expr.sql()}")
     function = scalar_function(expr.name, len(expr.args))
     args = [compile_expr(a, scope) for a in expr.args]
+    function.check_arguments([a.type for a in args])
     fns = [a.fn for a in args]
     result_type = function.returns([a.type for a in args])
     call = function.fn() if function.per_call_site else function.fn

@@ -117,7 +117,31 @@ class ScalarFunction:
     returns: Callable[[list[SqlType]], SqlType]
     min_args: int
     max_args: int | None
+    # the type each argument must have: a base type, NUMERIC or ANY; the last one also for further arguments
+    params: tuple[str, ...] = ("ANY",)
     per_call_site: bool = False  # fn is a factory: each compiled call gets its own instance
+
+    def check_arguments(self, types: list[SqlType | None]) -> None:
+        """Reject arguments of types the function does not take (a NULL literal fits any), as ksqlDB rejects
+        the statement when it finds no variant of the function for them."""
+        for position, sql_type in enumerate(types):
+            wanted = self._param(position)
+            if sql_type is None or wanted in ("ANY", sql_type.base) or (wanted == "NUMERIC" and sql_type.is_numeric):
+                continue
+            given = ", ".join("NULL" if t is None else str(t) for t in types)
+            raise KsqlError(f"Function '{self.name}' does not accept parameters ({given}): it takes {self.signature()}. "
+                            f"Convert argument {position + 1} first, e.g. with CAST(... AS {'DOUBLE' if wanted == 'NUMERIC' else wanted}).")
+
+    def signature(self) -> str:
+        """How the function is called, e.g. `SUBSTRING(STRING, INT[, INT])` or `CONCAT(STRING, ...)`."""
+        required = ", ".join(self._param(i) for i in range(self.min_args))
+        if self.max_args is None:
+            return f"{self.name}({required}, ...)"
+        optional = ", ".join(self._param(i) for i in range(self.min_args, self.max_args))
+        return f"{self.name}({required}{f'[, {optional}]' if optional else ''})"
+
+    def _param(self, position: int) -> str:
+        return self.params[min(position, len(self.params) - 1)]
 
 
 def _same_as_first(types: list[SqlType]) -> SqlType:
@@ -131,22 +155,22 @@ def _fixed(t: SqlType) -> Callable[[list[SqlType]], SqlType]:
 SCALAR_FUNCTIONS: dict[str, ScalarFunction] = {
     f.name: f
     for f in [
-        ScalarFunction("UCASE", _null_safe(str.upper), _fixed(STRING), 1, 1),
-        ScalarFunction("UPPER", _null_safe(str.upper), _fixed(STRING), 1, 1),
-        ScalarFunction("LCASE", _null_safe(str.lower), _fixed(STRING), 1, 1),
-        ScalarFunction("LOWER", _null_safe(str.lower), _fixed(STRING), 1, 1),
-        ScalarFunction("TRIM", _null_safe(str.strip), _fixed(STRING), 1, 1),
-        ScalarFunction("LTRIM", _null_safe(str.lstrip), _fixed(STRING), 1, 1),
-        ScalarFunction("RTRIM", _null_safe(str.rstrip), _fixed(STRING), 1, 1),
-        ScalarFunction("LEN", _null_safe(len), _fixed(INT), 1, 1),
-        ScalarFunction("LENGTH", _null_safe(len), _fixed(INT), 1, 1),
-        ScalarFunction("CONCAT", _concat, _fixed(STRING), 1, None),
-        ScalarFunction("CONCAT_WS", _concat_ws, _fixed(STRING), 2, None),
-        ScalarFunction("SUBSTRING", _substring, _fixed(STRING), 2, 3),
-        ScalarFunction("INITCAP", _initcap, _fixed(STRING), 1, 1),
-        ScalarFunction("MASK", _mask, _fixed(STRING), 1, 5),
-        ScalarFunction("REPLACE", _null_safe(lambda s, a, b: s.replace(a, b)), _fixed(STRING), 3, 3),
-        ScalarFunction("ABS", _null_safe(abs), _same_as_first, 1, 1),
+        ScalarFunction("UCASE", _null_safe(str.upper), _fixed(STRING), 1, 1, ("STRING",)),
+        ScalarFunction("UPPER", _null_safe(str.upper), _fixed(STRING), 1, 1, ("STRING",)),
+        ScalarFunction("LCASE", _null_safe(str.lower), _fixed(STRING), 1, 1, ("STRING",)),
+        ScalarFunction("LOWER", _null_safe(str.lower), _fixed(STRING), 1, 1, ("STRING",)),
+        ScalarFunction("TRIM", _null_safe(str.strip), _fixed(STRING), 1, 1, ("STRING",)),
+        ScalarFunction("LTRIM", _null_safe(str.lstrip), _fixed(STRING), 1, 1, ("STRING",)),
+        ScalarFunction("RTRIM", _null_safe(str.rstrip), _fixed(STRING), 1, 1, ("STRING",)),
+        ScalarFunction("LEN", _null_safe(len), _fixed(INT), 1, 1, ("STRING",)),
+        ScalarFunction("LENGTH", _null_safe(len), _fixed(INT), 1, 1, ("STRING",)),
+        ScalarFunction("CONCAT", _concat, _fixed(STRING), 1, None, ("STRING",)),
+        ScalarFunction("CONCAT_WS", _concat_ws, _fixed(STRING), 2, None, ("STRING",)),
+        ScalarFunction("SUBSTRING", _substring, _fixed(STRING), 2, 3, ("STRING", "INT")),
+        ScalarFunction("INITCAP", _initcap, _fixed(STRING), 1, 1, ("STRING",)),
+        ScalarFunction("MASK", _mask, _fixed(STRING), 1, 5, ("STRING",)),
+        ScalarFunction("REPLACE", _null_safe(lambda s, a, b: s.replace(a, b)), _fixed(STRING), 3, 3, ("STRING",)),
+        ScalarFunction("ABS", _null_safe(abs), _same_as_first, 1, 1, ("NUMERIC",)),
         ScalarFunction("IFNULL", _ifnull, _same_as_first, 2, 2),
         ScalarFunction("COALESCE", _coalesce, _same_as_first, 1, None),
         ScalarFunction("AS_VALUE", lambda v: v, _same_as_first, 1, 1),
