@@ -70,6 +70,27 @@ def test_a_function_given_an_argument_of_another_type_is_rejected_with_what_it_t
     assert [r.value for r in driver.read("OK")] == [{"M": "Ayy-n", "A": 36, "D": 36.0, "T": "-36"}]
 
 
+@pytest.mark.parametrize("statement, error", [
+    # each would otherwise run and quietly drop or fail every record
+    ("CREATE STREAM s AS SELECT id, name FROM users WHERE age;",
+     r"Type error in WHERE expression: Should evaluate to boolean but is AGE \(INT\) instead\."),
+    ("CREATE TABLE t AS SELECT city, COUNT(*) AS n FROM users GROUP BY city HAVING COUNT(*);",
+     r"Type error in HAVING expression: Should evaluate to boolean but is COUNT\(\*\) \(BIGINT\) instead\."),
+    ("CREATE TABLE t AS SELECT city, COUNT(*) AS n FROM users WINDOW TUMBLING (SIZE 0 SECONDS) GROUP BY city;",
+     r"Window size must be larger than zero: TUMBLING \(SIZE 0 SECONDS\) at line 1, column \d+\. Give a SIZE of at least 1 MILLISECOND\."),
+    ("SET 'ksql.streams.cache.max.bytes.buffering' = 'lots';",
+     r"Invalid value lots for configuration ksql.streams.cache.max.bytes.buffering: Not a number of type LONG"),
+    ("SET 'survey_kit.emit.final.wall.clock' = 'yes';",
+     r"Invalid value yes for configuration survey_kit.emit.final.wall.clock: Expected value to be either true or false\."),
+])
+def test_a_statement_that_could_only_drop_or_fail_its_records_is_rejected(statement, error):
+    engine = Engine()
+    engine.execute(USERS)
+    with pytest.raises(KsqlError, match=error):
+        engine.execute(statement)
+    assert not engine.queries and engine.properties.get("ksql.streams.cache.max.bytes.buffering") != "lots"
+
+
 PARSE_IN_A_NEW_PROCESS = (
     "from survey_kit.ksql.parser import parse_statement, split_statements; "
     "print(type(parse_statement(split_statements('SHOW STREAMS;')[0])).__name__)"

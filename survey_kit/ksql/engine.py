@@ -26,7 +26,7 @@ from dataclasses import dataclass, field
 
 from . import ast
 from .formats import AvroFormat, KeyFormat, RecordError, SchemaStore, value_format
-from .operators import EMIT_FINAL_WALL_CLOCK, InputRecord, OutputRecord, PersistentQuery, Serdes, query_settings
+from .operators import EMIT_FINAL_WALL_CLOCK, InputRecord, OutputRecord, PersistentQuery, Serdes, check_property, query_settings
 from .parser import StatementText, parse_statement, split_statements, substitute
 from .planner import DataSource, create_source, plan_query
 from .types import KsqlError
@@ -111,6 +111,7 @@ class Engine:
             self.variables.pop(statement.name, None)
             return StatementResult(text, f"Undefined variable {statement.name}.")
         if isinstance(statement, ast.SetProperty):
+            check_property(statement.name, statement.value)
             self.properties[statement.name] = statement.value
             return StatementResult(text, f"Property {statement.name} set to {statement.value}.")
         if isinstance(statement, ast.UnsetProperty):

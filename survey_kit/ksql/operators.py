@@ -17,6 +17,7 @@ retract a row's old value before adding its new one.
 from __future__ import annotations
 
 import functools
+import re
 from dataclasses import dataclass, field
 from operator import attrgetter, call
 from typing import Any, Callable
@@ -25,6 +26,7 @@ from .expressions import Compiled, dict_evaluator, evaluate_safely, tuple_evalua
 from .formats import KeyFormat, ValueFormat
 from .planner import DataSource, QueryPlan
 from .state import Stores
+from .types import KsqlError
 
 EMIT_FINAL_WALL_CLOCK = "survey_kit.emit.final.wall.clock"
 CACHE_BYTES = "ksql.streams.cache.max.bytes.buffering"
@@ -76,6 +78,14 @@ class QueryMetrics:
 class Serdes:
     key: KeyFormat
     value: ValueFormat
+
+
+def check_property(name: str, value: str) -> None:
+    """Reject a value the queries could not use for a property they read, as ksqlDB checks those of its own."""
+    if name == CACHE_BYTES and not re.fullmatch(r"\d+", str(value).strip()):
+        raise KsqlError(f"Invalid value {value} for configuration {name}: Not a number of type LONG (a size in bytes, 0 to turn the cache off).")
+    if name == EMIT_FINAL_WALL_CLOCK and str(value).strip().lower() not in ("true", "false"):
+        raise KsqlError(f"Invalid value {value} for configuration {name}: Expected value to be either true or false.")
 
 
 def query_settings(plan: QueryPlan, properties: dict[str, str]) -> dict[str, str]:

@@ -83,6 +83,18 @@ def _parse_duration_text(text: str) -> int:
     return int(amount) * factor
 
 
+def _check_window_size(size_ms: int, written: str) -> None:
+    # Kafka Streams refuses a window of no length; each record would otherwise fail to find its window
+    if size_ms <= 0:
+        raise KsqlError(f"Window size must be larger than zero: {written}. Give a SIZE of at least 1 MILLISECOND.")
+
+
+def _check_boolean(clause: str, expr: ast.Expr, compiled: Compiled) -> None:
+    # ksqlDB's check: a filter that is not a condition would silently drop every record
+    if compiled.type is not None and compiled.type.base != "BOOLEAN":
+        raise KsqlError(f"Type error in {clause} expression: Should evaluate to boolean but is {expr.sql()} ({compiled.type}) instead.")
+
+
 def create_source(statement: ast.CreateSource, schemas: SchemaStore | None) -> DataSource:
     """Build the DataSource of a CREATE STREAM/TABLE, inferring value columns from the registry when omitted."""
     props = statement.properties
@@ -132,7 +144,9 @@ def create_source(statement: ast.CreateSource, schemas: SchemaStore | None) -> D
         kind = str(props["WINDOW_TYPE"]).upper()
         if kind != "TUMBLING":
             raise KsqlError(f"WINDOW_TYPE {kind} is outside the engine's subset (TUMBLING).")
-        window = WindowInfo("TUMBLING", _parse_duration_text(props.get("WINDOW_SIZE", "")), 0)
+        size_ms = _parse_duration_text(props.get("WINDOW_SIZE", ""))
+        _check_window_size(size_ms, f"WINDOW_SIZE='{props.get('WINDOW_SIZE', '')}'")
+        window = WindowInfo("TUMBLING", size_ms, 0)
     KeyFormat(key_format, key_columns, store=schemas)  # validates the key columns against the key format
     _check_value_format(value_format, value_columns)
     return DataSource(
@@ -378,6 +392,8 @@ def plan_query(
         join_plan = _plan_join(query, left, right, scope, join_ast)
 
     where = compile_expr(query.where, scope) if query.where is not None else None
+    if where is not None:
+        _check_boolean("WHERE", query.where, where)
     items = _expand_select(query, scope, is_join)
     aggregated = bool(query.group_by) or any(contains_aggregate(e) for e, _ in items) or (query.having is not None)
 
@@ -541,6 +557,7 @@ def _plan_aggregation(statement, query_id, left, query, scope, items, where, joi
             raise KsqlError(f"{spec.kind} windows are outside the engine's subset (TUMBLING) (at {spec.position}).")
         if left.kind == "TABLE":
             raise KsqlError("Windowed aggregation over a table is not supported.")
+        _check_window_size(spec.size.millis, f"TUMBLING (SIZE {spec.size.text}) at {spec.position}")
         grace = spec.grace.millis if spec.grace is not None else (0 if query.emit == "FINAL" else max(DEFAULT_GRACE_MS - spec.size.millis, 0))
         window = WindowInfo("TUMBLING", spec.size.millis, grace)
 
@@ -628,6 +645,7 @@ def _plan_aggregation(statement, query_id, left, query, scope, items, where, joi
             having = _compile_post(query.having, post)
         except _NotGrouped as exc:
             raise KsqlError(f"Non-aggregate HAVING expression not part of GROUP BY: {exc.expr.sql()}") from None
+        _check_boolean("HAVING", query.having, having)
 
     sink = _make_sink(statement, topic, key_columns, value_columns, key_format, value_format, left, window=window)
     aggregation = AggregationPlan(group_compiled, calls, window, query.emit == "FINAL", having, left.kind == "TABLE")
