@@ -164,6 +164,7 @@ def test_explain_shows_the_properties_a_query_was_created_with(deployment):
 @pytest.mark.parametrize(("statements", "message"), [
     ("DESCRIBE no_such_table;", "Could not find STREAM/TABLE 'NO_SUCH_TABLE'"),
     ("SELECT * FROM survey_results_live EMIT CHANGES;", "Unsupported statement 'SELECT' at line 1, column 1"),
+    ("SET 'ksql.streams.cache.max.bytes.buffering' = 'lots';", "Invalid value lots for configuration ksql.streams.cache.max.bytes.buffering"),
     ("  ", "no statements given"),
 ])
 def test_ksql_run_refusals_are_one_line(deployment, statements, message):

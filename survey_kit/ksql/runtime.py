@@ -62,7 +62,7 @@ from . import ast
 from .engine import DEAD_LETTER_TOPIC, DEFAULT_DEAD_LETTER_TOPIC, Engine, StatementResult
 from .formats import RegistrySchemaStore
 from .handoff import Inbox
-from .operators import CACHE_BYTES, OutputRecord
+from .operators import CACHE_BYTES, OutputRecord, check_property
 from .parser import StatementText, parse_statement, split_statements, substitute
 from .types import KsqlError
 
@@ -620,6 +620,8 @@ class EngineRuntime:
             raise RuntimeUnavailable(f"the engine is not connected to Kafka at {self.cluster.bootstrap_servers} yet; try again")
         scope = {k.lower(): str(v) for k, v in (variables or {}).items()}
         request_properties = {str(k): str(v) for k, v in (properties or {}).items()}
+        for name, value in request_properties.items():
+            check_property(name, value)
         results: list[tuple[ast.Statement, StatementResult]] = []
         with self._lock:
             try:
@@ -644,6 +646,7 @@ class EngineRuntime:
                 elif isinstance(statement, ast.Undefine):
                     scope.pop(statement.name, None)
                 elif isinstance(statement, ast.SetProperty):
+                    check_property(statement.name, statement.value)
                     request_properties[statement.name] = statement.value
                 elif isinstance(statement, ast.UnsetProperty):
                     request_properties.pop(statement.name, None)
