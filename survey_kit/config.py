@@ -209,6 +209,14 @@ def load_settings(path: str | os.PathLike | None = None, env: Mapping[str, str] 
         settings = Settings.model_validate(data)
     except ValidationError as exc:
         raise ConfigError(_describe(exc, source)) from None
+    if settings.kafka and settings.uses_embedded_kafka:
+        # client properties without a cluster would be silently dropped for the embedded stack
+        names = ", ".join(f"kafka.{name}" for name in settings.kafka)
+        hint = " (did you mean kafka.bootstrap.servers?)" if any(n.replace("_", ".").startswith("bootstrap") for n in settings.kafka) else ""
+        raise ConfigError(
+            f"{source}: {names} is set but not kafka.bootstrap.servers{hint}: set kafka.bootstrap.servers to your "
+            "cluster's HOST:PORT, or remove the kafka section to use the embedded stack"
+        )
     if not settings.uses_embedded_kafka and not settings.schema_registry.url:
         raise ConfigError(
             f"{source}: schema_registry.url is required when kafka.bootstrap.servers is set "

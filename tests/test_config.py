@@ -93,6 +93,9 @@ def test_environment_alone_configures_a_cluster(tmp_path, monkeypatch):
         ("telegram:\n  admin_chat_ids: [abc]\n", "telegram.admin_chat_ids.0"),
         ("schema_registry: {url: http://x}\nsurprise: 1\n", "surprise: unknown key"),
         ("kafka:\n  bootstrap.servers: b:9092\n", "schema_registry.url is required"),
+        # client properties with no cluster to use them on would otherwise mean the embedded stack, silently
+        ("kafka:\n  bootstrap_servers: b:9092\n", "kafka.bootstrap_servers is set but not kafka.bootstrap.servers (did you mean kafka.bootstrap.servers?)"),
+        ("kafka:\n  sasl.username: me\n", "kafka.sasl.username is set but not kafka.bootstrap.servers: set"),
         ("topics:\n  entries: 'bad name!'\n", "topics.entries"),
         ("- just\n- a list\n", "must be a mapping"),
     ],
