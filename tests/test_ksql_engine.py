@@ -320,13 +320,32 @@ def test_stream_time_is_kept_per_input_partition():
 
 def test_a_result_that_cannot_be_written_becomes_a_dead_letter_not_a_crash():
     engine = Engine()
-    engine.execute("CREATE STREAM nums (a INT) WITH (kafka_topic='nums', value_format='JSON');")
-    engine.execute("CREATE STREAM squares WITH (value_format='KAFKA') AS SELECT a * a AS sq FROM nums;")
+    engine.execute("CREATE STREAM words (w STRING) WITH (kafka_topic='words', value_format='JSON');")
+    engine.execute("CREATE STREAM loud WITH (value_format='KAFKA') AS SELECT UCASE(w) AS u FROM words;")
     driver = Driver(engine)
-    pipe_json(driver, "nums", None, {"a": 100_000})  # 10^10 does not fit the KAFKA format's 4-byte INT
-    pipe_json(driver, "nums", None, {"a": 3})
-    assert "CSAS_SQUARES_0 failed" in json.loads(driver.dead_letters[0].value)["error"]
-    assert [r.value for r in driver.read("SQUARES")] == [{"SQ": 9}]
+    driver.pipe("words", None, b'{"w": "\\ud800 pie"}', 0)  # JSON may escape half a surrogate pair: no UTF-8 for it
+    pipe_json(driver, "words", None, {"w": "pie"})
+    assert "CSAS_LOUD_0 failed on this record: UnicodeEncodeError" in json.loads(driver.dead_letters[0].value)["error"]
+    assert [r.value for r in driver.read("LOUD")] == [{"U": "PIE"}]
+
+
+def test_integers_overflow_and_narrow_as_java_does():
+    # ksqlDB computes INT and BIGINT with Java's int and long: results stay in their type's range (the Avro
+    # sink's int and long hold them)
+    engine = Engine(schemas=InMemorySchemaStore())
+    engine.execute("CREATE STREAM nums (id STRING KEY, a INT, l BIGINT, d DOUBLE, s STRING) WITH (kafka_topic='nums', value_format='JSON');")
+    engine.execute("CREATE STREAM out WITH (value_format='AVRO') AS SELECT id, a * a AS square, a / -1 AS negated, l * 4 AS times4,"
+                   " CAST(l AS INT) AS low, CAST(d AS INT) AS whole, CAST(s AS INT) AS parsed FROM nums;")
+    engine.execute("CREATE TABLE totals AS SELECT id, SUM(a) AS total FROM nums GROUP BY id;")
+    driver = Driver(engine)
+    pipe_json(driver, "nums", "k", {"a": 100_000, "l": 2**62, "d": 1e20, "s": "99999999999"})
+    pipe_json(driver, "nums", "k", {"a": -(2**31), "l": 2**32 + 5, "d": -7.9, "s": " 12 "})
+    assert [r.value for r in driver.read("OUT")] == [
+        {"SQUARE": 1_410_065_408, "NEGATED": -100_000, "TIMES4": 0, "LOW": 0, "WHOLE": 2**31 - 1, "PARSED": None},
+        {"SQUARE": 0, "NEGATED": -(2**31), "TIMES4": 17_179_869_204, "LOW": 5, "WHOLE": -7, "PARSED": 12},
+    ]
+    assert [r.value["TOTAL"] for r in driver.read("TOTALS")] == [100_000, -(2**31) + 100_000]
+    assert driver.dead_letters == []
 
 
 def test_changelog_values_survive_json_with_decimals():

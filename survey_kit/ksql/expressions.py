@@ -17,7 +17,7 @@ from typing import Any, Callable
 
 from . import ast
 from .functions import is_aggregate, scalar_function
-from .types import BIGINT, BOOLEAN, DOUBLE, INT, STRING, KsqlError, SqlType, coerce, wider_numeric
+from .types import BIGINT, BOOLEAN, DOUBLE, INT, STRING, KsqlError, SqlType, coerce, java_narrow, java_wrap, wider_numeric
 
 Evaluator = Callable[[dict], Any]
 
@@ -355,7 +355,7 @@ def _compile_binary(expr: ast.BinaryOp, scope: Scope) -> Compiled:
             raise KsqlError(f"Error processing expression: {expr.sql()}. Unsupported arithmetic types. {left.type} {right.type}")
     result_type = wider_numeric(left.type or INT, right.type or INT)
     compute = {"/": _java_div, "%": _java_mod}.get(op) or _ARITHMETIC[op]
-    to_int = result_type.base in ("INT", "BIGINT")
+    integer = result_type.base if result_type.base in ("INT", "BIGINT") else None
 
     def arithmetic(row):
         a, b = lf(row), rf(row)
@@ -367,7 +367,7 @@ def _compile_binary(expr: ast.BinaryOp, scope: Scope) -> Compiled:
             else:
                 a, b = decimal.Decimal(a), decimal.Decimal(b)
         result = compute(a, b)
-        return int(result) if to_int else result
+        return java_wrap(int(result), integer) if integer else result  # overflows as Java's int and long do
 
     return Compiled(arithmetic, result_type)
 
@@ -391,10 +391,13 @@ def _caster(fn: Evaluator, target: SqlType) -> Evaluator:
             if isinstance(value, bool):
                 return "true" if value else "false"
             return str(value)
-        if target.base in ("INT", "BIGINT") and isinstance(value, str):
-            return int(value.strip())
-        if target.base in ("INT", "BIGINT") and isinstance(value, (float, decimal.Decimal)):
-            return int(value)
+        if target.base in ("INT", "BIGINT"):
+            if isinstance(value, str):  # Integer.parseInt: a number out of range is an error (NULL)
+                return coerce(int(value.strip()), target, "CAST")
+            if isinstance(value, (float, decimal.Decimal)):
+                return java_narrow(value, target.base)
+            if isinstance(value, int) and not isinstance(value, bool):
+                return java_wrap(value, target.base)  # BIGINT to INT keeps the low 32 bits, as Java's (int)
         return coerce(value, target, "CAST")
 
     return cast

@@ -20,7 +20,7 @@ import decimal
 from dataclasses import dataclass
 from typing import Any, Callable
 
-from .types import BIGINT, BOOLEAN, DOUBLE, INT, STRING, KsqlError, SqlType
+from .types import BIGINT, BOOLEAN, DOUBLE, INT, STRING, KsqlError, SqlType, java_wrap
 
 HISTOGRAM_LIMIT = 1000
 
@@ -278,6 +278,8 @@ class Sum(Aggregate):
         return state if value is None else self._store(self._num(state) - value)
 
     def result(self, state):
+        if self.arg_type.base in ("INT", "BIGINT"):
+            return java_wrap(state, self.arg_type.base)  # ksqlDB's integer sums overflow as Java's do
         return self._num(state)
 
 

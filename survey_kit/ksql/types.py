@@ -92,6 +92,32 @@ def wider_numeric(a: SqlType, b: SqlType) -> SqlType:
     return a if NUMERIC_ORDER[a.base] >= NUMERIC_ORDER[b.base] else b
 
 
+_INTEGER_BITS = {"INT": 32, "BIGINT": 64}
+
+
+def java_wrap(value: int, base: str) -> int:
+    """`value` as Java's int (INT) or long (BIGINT) arithmetic leaves it: wrapped into the type's range, as
+    ksqlDB's INT and BIGINT arithmetic and sums overflow."""
+    bits = _INTEGER_BITS[base]
+    half = 1 << (bits - 1)
+    return (value + half) % (1 << bits) - half
+
+
+def java_narrow(value: float | decimal.Decimal, base: str) -> int:
+    """A DOUBLE or DECIMAL cast to INT or BIGINT as Java casts it: toward zero; a DOUBLE past the range
+    saturates at its end (NaN is 0), a DECIMAL keeps the low bits."""
+    if not isinstance(value, float):
+        return java_wrap(int(value), base)
+    if value != value:  # NaN
+        return 0
+    half = 1 << (_INTEGER_BITS[base] - 1)
+    if value >= half:
+        return half - 1
+    if value < -half:
+        return -half
+    return int(value)
+
+
 def coerce(value, sql_type: SqlType, column: str = "value"):
     """Convert a decoded value (JSON, Avro, text) to the Python value of `sql_type`.
 
