@@ -1,5 +1,6 @@
 """The engine core: statements, errors, formats, joins, state and caching (no broker)."""
 
+import datetime
 import io
 import json
 import random
@@ -370,6 +371,38 @@ def test_changelog_values_survive_json_with_decimals():
 
 KSQL_DIR = Path(__file__).resolve().parents[1] / "ksql"
 RESPONSES = ["Pumpkin Pie", "Pecan Pie", "Apple Pie"]
+
+
+def test_avro_dates_times_and_other_logical_types_are_columns_of_ksqldbs_types():
+    # as ksqlDB infers them: date DATE (days), time-millis TIME (ms of the day), timestamp-millis TIMESTAMP (epoch
+    # ms); uuid and micros their plain type. A row carries those numbers, so a projection writes them back
+    writer = {"type": "record", "name": "visit", "fields": [
+        {"name": "day", "type": {"type": "int", "logicalType": "date"}},
+        {"name": "at", "type": ["null", {"type": "int", "logicalType": "time-millis"}]},
+        {"name": "seen", "type": {"type": "long", "logicalType": "timestamp-millis"}},
+        {"name": "exact", "type": {"type": "long", "logicalType": "timestamp-micros"}},
+        {"name": "visitor", "type": {"type": "string", "logicalType": "uuid"}},
+    ]}
+    store = InMemorySchemaStore()
+    schema_id = store.register("visits-value", json.dumps(writer))
+    engine = Engine(schemas=store)
+    engine.execute("CREATE STREAM visits WITH (kafka_topic='visits', value_format='AVRO');")
+    assert engine.execute("DESCRIBE visits;")[0].rows == [
+        {"field": "DAY", "type": "DATE"}, {"field": "AT", "type": "TIME"}, {"field": "SEEN", "type": "TIMESTAMP"},
+        {"field": "EXACT", "type": "BIGINT"}, {"field": "VISITOR", "type": "STRING"},
+    ]
+    engine.execute("CREATE STREAM copied AS SELECT day, at, seen, exact, visitor FROM visits;")
+    record = {"day": datetime.date(2026, 12, 7), "at": datetime.time(10, 0, 1, 500_000), "seen": datetime.datetime(2026, 12, 7, tzinfo=datetime.timezone.utc),
+              "exact": 1_796_601_600_000_001, "visitor": "6ba7b810-9dad-11d1-80b4-00c04fd430c8"}
+    payload = io.BytesIO()
+    fastavro.schemaless_writer(payload, fastavro.parse_schema(writer), record)
+    driver = Driver(engine)
+    driver.pipe("visits", None, b"\x00" + struct.pack(">I", schema_id) + payload.getvalue(), 1)
+    assert driver.dead_letters == []
+    assert [r.value for r in driver.read("COPIED")] == [{"DAY": 20_794, "AT": 36_001_500, "SEEN": 1_796_601_600_000, "EXACT": 1_796_601_600_000_001,
+                                                         "VISITOR": "6ba7b810-9dad-11d1-80b4-00c04fd430c8"}]
+    written = {f["name"]: f["type"][1] for f in json.loads(store.latest("COPIED-value")[1])["fields"]}
+    assert written["DAY"] == {"type": "int", "logicalType": "date"} and written["AT"] == {"type": "int", "logicalType": "time-millis"}
 
 
 def survey_pipeline_engine(caching: bool) -> Engine:

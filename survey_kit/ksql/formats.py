@@ -144,8 +144,12 @@ def avro_type_to_sql(avro_type) -> SqlType:
         logical = avro_type.get("logicalType")
         if logical == "decimal":
             return SqlType("DECIMAL", precision=avro_type["precision"], scale=avro_type.get("scale", 0))
-        if logical in ("timestamp-millis",):
+        if logical == "timestamp-millis" and kind == "long":
             return SqlType("TIMESTAMP")
+        if logical == "date" and kind == "int":
+            return SqlType("DATE")
+        if logical == "time-millis" and kind == "int":
+            return SqlType("TIME")
         if kind == "array":
             return SqlType("ARRAY", item=avro_type_to_sql(avro_type["items"]))
         if kind == "map":
@@ -179,6 +183,10 @@ def sql_type_to_avro(sql_type: SqlType, name: str):
         inner = {"type": "bytes", "logicalType": "decimal", "precision": sql_type.precision, "scale": sql_type.scale}
     elif base == "TIMESTAMP":
         inner = {"type": "long", "logicalType": "timestamp-millis"}
+    elif base == "DATE":
+        inner = {"type": "int", "logicalType": "date"}
+    elif base == "TIME":
+        inner = {"type": "int", "logicalType": "time-millis"}
     elif base == "ARRAY":
         inner = {"type": "array", "items": sql_type_to_avro(sql_type.item, name)}
     elif base == "MAP":
@@ -218,23 +226,25 @@ def _to_avro_value(value, sql_type: SqlType):
     return value
 
 
-def _timestamps_as_millis(schema):
-    """`schema` with timestamp-millis read as the plain long it is: the engine holds a TIMESTAMP as epoch
-    milliseconds (as ksqlDB's JSON and KAFKA formats carry it), not as the datetime Avro libraries make of it."""
+def _logical_types_as_plain(schema):
+    """`schema` with its logical types read as the plain values they are, decimals aside: the engine holds a
+    TIMESTAMP as epoch milliseconds, a DATE as days since the epoch and a TIME as milliseconds of the day (as
+    ksqlDB's JSON and KAFKA formats carry them), not as the datetimes Avro libraries make of them; other
+    logical types (uuid, micros) are columns of their plain type, as ksqlDB infers them."""
     if isinstance(schema, list):
-        return [_timestamps_as_millis(member) for member in schema]
+        return [_logical_types_as_plain(member) for member in schema]
     if not isinstance(schema, dict):
         return schema
-    if schema.get("logicalType") == "timestamp-millis" and schema.get("type") == "long":
-        return "long"
+    if schema.get("logicalType") not in (None, "decimal") and isinstance(schema.get("type"), str):
+        return schema["type"]
     if schema.get("type") == "record":
-        return {**schema, "fields": [{**field, "type": _timestamps_as_millis(field["type"])} for field in schema.get("fields", [])]}
+        return {**schema, "fields": [{**field, "type": _logical_types_as_plain(field["type"])} for field in schema.get("fields", [])]}
     if schema.get("type") == "array":
-        return {**schema, "items": _timestamps_as_millis(schema["items"])}
+        return {**schema, "items": _logical_types_as_plain(schema["items"])}
     if schema.get("type") == "map":
-        return {**schema, "values": _timestamps_as_millis(schema["values"])}
+        return {**schema, "values": _logical_types_as_plain(schema["values"])}
     if isinstance(schema.get("type"), (dict, list)):
-        return {**schema, "type": _timestamps_as_millis(schema["type"])}
+        return {**schema, "type": _logical_types_as_plain(schema["type"])}
     return schema
 
 
@@ -693,7 +703,7 @@ class AvroFormat(ValueFormat):
         # a writer schema whose every column is there with the column's type is read by renaming
         # fields only (the common case: no per-column coercion, no per-record planning)
         renames = [(column.name, field_name) for column, field_name, convert in plan] if not any(convert or field_name is None for _, field_name, convert in plan) else None
-        return _timestamps_as_millis(writer), plan, renames  # the same bytes, read as the engine holds them
+        return _logical_types_as_plain(writer), plan, renames  # the same bytes, read as the engine holds them
 
     def deserialize(self, data):
         if data is None:
