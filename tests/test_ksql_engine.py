@@ -405,6 +405,32 @@ def test_avro_dates_times_and_other_logical_types_are_columns_of_ksqldbs_types()
     assert written["DAY"] == {"type": "int", "logicalType": "date"} and written["AT"] == {"type": "int", "logicalType": "time-millis"}
 
 
+def test_times_cast_to_and_from_text_and_compare_with_it():
+    # ksqlDB writes a TIMESTAMP as text in ISO form to the millisecond (UTC), reads ISO text back, and reads
+    # text compared with a time as one; a DATE is a day, a TIME a time of day
+    engine = Engine()
+    engine.execute("CREATE STREAM visits (id STRING KEY, seen TIMESTAMP, day DATE, at TIME, text STRING) WITH (kafka_topic='visits', value_format='JSON');")
+    engine.execute("CREATE STREAM shown AS SELECT id, CAST(seen AS STRING) AS seen_text, CAST(day AS STRING) AS day_text, CAST(at AS STRING) AS at_text,"
+                   " CAST(text AS TIMESTAMP) AS parsed, CAST(seen AS DATE) AS seen_day, CAST(day AS TIMESTAMP) AS midnight FROM visits;")
+    engine.execute("CREATE STREAM late AS SELECT id, seen FROM visits WHERE seen > '2026-12-07T10:00:00' AND day IN ('2026-12-07', '2026-12-25');")
+    engine.execute("CREATE STREAM morning AS SELECT id, at FROM visits WHERE at BETWEEN '09:00' AND '12:00';")
+    driver = Driver(engine)
+    ten = 1_796_637_600_000  # 2026-12-07T10:00:00Z
+    pipe_json(driver, "visits", "a", {"seen": ten + 10, "day": 20_794, "at": 36_001_500, "text": "2026-12-07T10:00:00.010"})
+    pipe_json(driver, "visits", "b", {"seen": ten, "day": 20_794, "at": 7 * 3_600_000, "text": "not a time"})
+    assert [r.value for r in driver.read("SHOWN")] == [
+        {"SEEN_TEXT": "2026-12-07T10:00:00.010", "DAY_TEXT": "2026-12-07", "AT_TEXT": "10:00:01.5", "PARSED": ten + 10,
+         "SEEN_DAY": 20_794, "MIDNIGHT": 20_794 * 86_400_000},
+        {"SEEN_TEXT": "2026-12-07T10:00:00.000", "DAY_TEXT": "2026-12-07", "AT_TEXT": "07:00:00", "PARSED": None,
+         "SEEN_DAY": 20_794, "MIDNIGHT": 20_794 * 86_400_000},
+    ]
+    assert [r.key for r in driver.read("LATE")] == [("a",)] and [r.key for r in driver.read("MORNING")] == [("a",)]
+    with pytest.raises(KsqlError, match=r"Cannot compare TIMESTAMP to INT in \(SEEN > 5\)"):
+        engine.execute("CREATE STREAM bad AS SELECT id, seen FROM visits WHERE seen > 5;")
+    with pytest.raises(KsqlError, match=r"Cannot compare DATE to INT in"):
+        engine.execute("CREATE STREAM bad AS SELECT id, day FROM visits WHERE day BETWEEN 1 AND 2;")
+
+
 def survey_pipeline_engine(caching: bool) -> Engine:
     """The talk's pipeline (ksql/) with one-minute windows, the record cache on or off."""
     store = InMemorySchemaStore()

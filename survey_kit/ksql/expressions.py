@@ -17,7 +17,8 @@ from typing import Any, Callable
 
 from . import ast
 from .functions import is_aggregate, scalar_function
-from .types import BIGINT, BOOLEAN, DOUBLE, INT, STRING, KsqlError, SqlType, coerce, java_narrow, java_wrap, wider_numeric
+from .types import BIGINT, BOOLEAN, DOUBLE, INT, STRING, TEMPORAL, KsqlError, SqlType, coerce, convert_temporal, format_temporal, java_narrow
+from .types import java_wrap, parse_temporal, wider_numeric
 
 Evaluator = Callable[[dict], Any]
 
@@ -186,7 +187,9 @@ def compile_expr(expr: ast.Expr, scope: Scope) -> Compiled:
             return Compiled(lambda row: inner(row) is not None, BOOLEAN)
         return Compiled(lambda row: inner(row) is None, BOOLEAN)
     if isinstance(expr, ast.Between):
-        value, low, high = (compile_expr(e, scope).fn for e in (expr.operand, expr.low, expr.high))
+        operand = compile_expr(expr.operand, scope)
+        value = operand.fn
+        low, high = (_compared_with(operand, compile_expr(e, scope), expr.sql()) for e in (expr.low, expr.high))
 
         def between(row):
             v, lo, hi = value(row), low(row), high(row)
@@ -196,8 +199,9 @@ def compile_expr(expr: ast.Expr, scope: Scope) -> Compiled:
 
         return Compiled(between, BOOLEAN)
     if isinstance(expr, ast.InList):
-        value = compile_expr(expr.operand, scope).fn
-        items = [compile_expr(e, scope).fn for e in expr.items]
+        operand = compile_expr(expr.operand, scope)
+        value = operand.fn
+        items = [_compared_with(operand, compile_expr(e, scope), expr.sql()) for e in expr.items]
 
         def in_list(row):
             v = value(row)
@@ -232,7 +236,7 @@ def compile_expr(expr: ast.Expr, scope: Scope) -> Compiled:
         return Compiled(case, result_type)
     if isinstance(expr, ast.Cast):
         inner = compile_expr(expr.operand, scope)
-        return Compiled(_caster(inner.fn, expr.type), expr.type)
+        return Compiled(_caster(inner.fn, inner.type, expr.type), expr.type)
     if isinstance(expr, ast.Subscript):
         base = compile_expr(expr.base, scope)
         index = compile_expr(expr.index, scope).fn
@@ -339,7 +343,13 @@ def _compile_binary(expr: ast.BinaryOp, scope: Scope) -> Compiled:
         return Compiled(or_, BOOLEAN)
     if op in _COMPARE:
         compare = _COMPARE[op]
-        _check_comparable(expr, left.type, right.type)
+        # text compared with a time is read as one, e.g. ts > '2026-12-07T10:00:00'
+        if left.type is not None and left.type.base in TEMPORAL:
+            rf = _compared_with(left, right, expr.sql())
+        elif right.type is not None and right.type.base in TEMPORAL:
+            lf = _compared_with(right, left, expr.sql())
+        else:
+            _check_comparable(expr, left.type, right.type)
 
         def comparison(row):
             a, b = lf(row), rf(row)
@@ -372,6 +382,17 @@ def _compile_binary(expr: ast.BinaryOp, scope: Scope) -> Compiled:
     return Compiled(arithmetic, result_type)
 
 
+def _compared_with(operand: Compiled, other: Compiled, where: str) -> Evaluator:
+    """`other` as a value comparable with `operand` (text read as a TIMESTAMP, DATE or TIME when `operand` is
+    one); raises KsqlError for types that do not compare."""
+    a, b = operand.type, other.type
+    if a is None or b is None or (a.is_numeric and b.is_numeric) or a.base == b.base:
+        return other.fn
+    if a.base in TEMPORAL and b.base == "STRING":
+        return _caster(other.fn, b, a)
+    raise KsqlError(f"Cannot compare {a} to {b} in {where}.")
+
+
 def _check_comparable(expr: ast.BinaryOp, a: SqlType | None, b: SqlType | None) -> None:
     if a is None or b is None:
         return
@@ -382,11 +403,20 @@ def _check_comparable(expr: ast.BinaryOp, a: SqlType | None, b: SqlType | None) 
     raise KsqlError(f"Cannot compare {expr.left.sql()} ({a}) to {expr.right.sql()} ({b}) with {expr.op}.")
 
 
-def _caster(fn: Evaluator, target: SqlType) -> Evaluator:
+def _caster(fn: Evaluator, source: SqlType | None, target: SqlType) -> Evaluator:
+    source_base = source.base if source is not None else None
+
     def cast(row):
         value = fn(row)
         if value is None:
             return None
+        if source_base in TEMPORAL:
+            if target.base == "STRING":
+                return format_temporal(value, source_base)
+            if target.base in TEMPORAL:
+                return convert_temporal(value, source_base, target.base)
+        elif target.base in TEMPORAL and isinstance(value, str):
+            return parse_temporal(value, target.base)  # text that is not one: an error, NULL
         if target.base == "STRING":
             if isinstance(value, bool):
                 return "true" if value else "false"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import datetime
 import decimal
 from dataclasses import dataclass
 
@@ -116,6 +117,49 @@ def java_narrow(value: float | decimal.Decimal, base: str) -> int:
     if value < -half:
         return -half
     return int(value)
+
+
+TEMPORAL = ("TIMESTAMP", "DATE", "TIME")
+_EPOCH = datetime.datetime(1970, 1, 1)
+_DAY_MS = 86_400_000
+
+
+def format_temporal(value: int, base: str) -> str:
+    """A TIMESTAMP (epoch ms), DATE (epoch days) or TIME (ms of the day) as ksqlDB casts it to STRING:
+    `1970-01-01T00:00:00.010` (UTC), `2026-12-07`, `10:00:01.5`."""
+    if base == "DATE":
+        return (_EPOCH + datetime.timedelta(days=value)).date().isoformat()
+    moment = _EPOCH + datetime.timedelta(milliseconds=value)
+    if base == "TIMESTAMP":
+        return f"{moment:%Y-%m-%dT%H:%M:%S}.{value % 1000:03d}"
+    fraction = f"{value % 1000:03d}".rstrip("0")
+    return f"{moment:%H:%M:%S}" + (f".{fraction}" if fraction else "")
+
+
+def parse_temporal(text: str, base: str) -> int:
+    """ISO text as a TIMESTAMP, DATE or TIME (see `format_temporal`); a timestamp without an offset is UTC.
+    Raises ValueError for text that is not one."""
+    text = text.strip()
+    if base == "DATE":
+        return (datetime.date.fromisoformat(text) - _EPOCH.date()).days
+    if base == "TIME":
+        t = datetime.time.fromisoformat(text)
+        return ((t.hour * 60 + t.minute) * 60 + t.second) * 1000 + t.microsecond // 1000
+    moment = datetime.datetime.fromisoformat(text)
+    if moment.tzinfo is not None:
+        moment = moment.astimezone(datetime.timezone.utc).replace(tzinfo=None)
+    return (moment - _EPOCH) // datetime.timedelta(milliseconds=1)
+
+
+def convert_temporal(value: int, source: str, target: str) -> int:
+    """A TIMESTAMP, DATE or TIME value as another of them: a timestamp's day or time of day, a day's midnight."""
+    if source == target:
+        return value
+    if source == "TIMESTAMP":
+        return value // _DAY_MS if target == "DATE" else value % _DAY_MS
+    if source == "DATE" and target == "TIMESTAMP":
+        return value * _DAY_MS
+    raise ValueError(f"cannot cast {source} to {target}")
 
 
 def coerce(value, sql_type: SqlType, column: str = "value"):
