@@ -343,13 +343,10 @@ def _compile_binary(expr: ast.BinaryOp, scope: Scope) -> Compiled:
         return Compiled(or_, BOOLEAN)
     if op in _COMPARE:
         compare = _COMPARE[op]
-        # text compared with a time is read as one, e.g. ts > '2026-12-07T10:00:00'
-        if left.type is not None and left.type.base in TEMPORAL:
-            rf = _compared_with(left, right, expr.sql())
-        elif right.type is not None and right.type.base in TEMPORAL:
-            lf = _compared_with(right, left, expr.sql())
+        if right.type is not None and right.type.base in TEMPORAL:
+            lf = _compared_with(right, left, expr.sql())  # '2026-12-07T10:00:00' < ts
         else:
-            _check_comparable(expr, left.type, right.type)
+            rf = _compared_with(left, right, expr.sql())
 
         def comparison(row):
             a, b = lf(row), rf(row)
@@ -391,16 +388,6 @@ def _compared_with(operand: Compiled, other: Compiled, where: str) -> Evaluator:
     if a.base in TEMPORAL and b.base == "STRING":
         return _caster(other.fn, b, a)
     raise KsqlError(f"Cannot compare {a} to {b} in {where}.")
-
-
-def _check_comparable(expr: ast.BinaryOp, a: SqlType | None, b: SqlType | None) -> None:
-    if a is None or b is None:
-        return
-    if a.is_numeric and b.is_numeric:
-        return
-    if a.base == b.base:
-        return
-    raise KsqlError(f"Cannot compare {expr.left.sql()} ({a}) to {expr.right.sql()} ({b}) with {expr.op}.")
 
 
 def _caster(fn: Evaluator, source: SqlType | None, target: SqlType) -> Evaluator:
